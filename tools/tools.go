@@ -1,0 +1,8 @@
+//go:build tools
+
+// Package tools pins the versions of the developer tools the Makefile builds.
+package tools
+
+import (
+	_ "honnef.co/go/tools/cmd/staticcheck"
+)

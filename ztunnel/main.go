@@ -1,0 +1,21 @@
+// Command ztunnel is ambit's node-level proxy: it captures traffic of enrolled pods and carries it over HBONE mTLS.
+package main
+
+import (
+	"context"
+	"os"
+
+	"github.com/ambit-mesh/ambit/pkg/daemon"
+)
+
+func main() {
+	os.Exit(daemon.Main("ztunnel", os.Args[1:], nil, run))
+}
+
+// run is the component body; it serves until ctx is cancelled.
+func run(ctx context.Context, p *daemon.Process) error {
+	p.SetReady(true)
+	p.Log.Info("started")
+	<-ctx.Done()
+	return nil
+}

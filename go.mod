@@ -2,7 +2,10 @@ module github.com/ambit-mesh/ambit
 
 go 1.26.8
 
-require github.com/spf13/cobra v1.10.2
+require (
+	github.com/spf13/cobra v1.10.2
+	github.com/spiffe/go-spiffe/v2 v2.9.0
+)
 
 require (
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect

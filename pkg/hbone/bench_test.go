@@ -155,4 +155,3 @@ func BenchmarkStreamSetup(b *testing.B) {
 	b.ReportMetric(float64(hboneTime.Nanoseconds())/float64(b.N), "hbone-ns/setup")
 	b.ReportMetric(hboneTime.Seconds()/tcpTime.Seconds(), "hbone/tcp-time")
 }
-

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 the test drives x/net/http2's ClientConn directly, as the client does.
+
 package hbone
 
 import (

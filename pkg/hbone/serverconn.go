@@ -142,13 +142,6 @@ func (sc *serverConn) serve() {
 	}
 }
 
-type connError struct {
-	code   http2.ErrCode
-	reason string
-}
-
-func (e connError) Error() string { return e.reason }
-
 func (sc *serverConn) handleFrame(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.SettingsFrame:
@@ -248,7 +241,7 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
 
 	req := &Request{Peer: sc.peer, RemoteAddr: sc.conn.RemoteAddr(), LocalAddr: sc.conn.LocalAddr(), stream: st, Header: http.Header{}}
 	for _, hf := range f.RegularFields() {
-		req.Header.Add(http.CanonicalHeaderKey(hf.Name), hf.Value)
+		req.Header.Add(hf.Name, hf.Value)
 	}
 	refuse := func(code int, format string, args ...any) error {
 		go st.finish(Errorf(code, format, args...))

@@ -42,16 +42,31 @@ func New(trustDomain, namespace, serviceAccount string) (Identity, error) {
 // Validate reports why id is not a well-formed workload identity, or nil.
 func (id Identity) Validate() error {
 	// TrustDomainFromString also accepts a whole spiffe:// URI; insist on a bare name.
-	if td, err := spiffeid.TrustDomainFromString(id.TrustDomain); err != nil || td.Name() != id.TrustDomain {
-		return fmt.Errorf("invalid trust domain %q: want lowercase letters, digits, '.', '-' or '_'", id.TrustDomain)
+	// Empty dot-separated labels ("a..b", ".x", "x.") are refused too: X.509
+	// parsers reject such URI hosts, so no certificate could carry the ID.
+	if td, err := spiffeid.TrustDomainFromString(id.TrustDomain); err != nil || td.Name() != id.TrustDomain || hasEmptyLabel(id.TrustDomain) {
+		return fmt.Errorf("invalid trust domain %q: want non-empty dot-separated labels of lowercase letters, digits, '-' or '_'", truncate(id.TrustDomain))
 	}
 	if err := validateDNSLabel(id.Namespace, maxNamespaceLen); err != nil {
-		return fmt.Errorf("invalid namespace %q: %w", id.Namespace, err)
+		return fmt.Errorf("invalid namespace %q: %w", truncate(id.Namespace), err)
 	}
 	if err := validateDNSSubdomain(id.ServiceAccount, maxServiceAccountLen); err != nil {
-		return fmt.Errorf("invalid service account %q: %w", id.ServiceAccount, err)
+		return fmt.Errorf("invalid service account %q: %w", truncate(id.ServiceAccount), err)
+	}
+	// Keep New/Validate consistent with Parse, which refuses longer IDs.
+	if n := len(id.String()); n > maxIDLen {
+		return fmt.Errorf("invalid SPIFFE ID: %d bytes, longer than %d", n, maxIDLen)
 	}
 	return nil
+}
+
+func hasEmptyLabel(s string) bool {
+	for _, label := range strings.Split(s, ".") {
+		if label == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // String formats id as a SPIFFE URI.

@@ -123,8 +123,10 @@ func ServerConfig(src CertSource, bundle *Bundle) *tls.Config {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return src.TLSCertificate()
 		},
-		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			_, err := bundle.VerifyPeer(rawCerts)
+		// VerifyConnection, unlike VerifyPeerCertificate, also runs on
+		// resumed sessions, so a root swap applies to them too.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := bundle.VerifyPeer(rawCerts(cs))
 			return err
 		},
 	}
@@ -138,13 +140,13 @@ func ClientConfig(src CertSource, bundle *Bundle, expected identity.Identity) *t
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{ALPN},
 		// Hostname verification does not apply to SPIFFE identities; the chain
-		// and the identity are checked in VerifyPeerCertificate.
+		// and the identity are checked in VerifyConnection.
 		InsecureSkipVerify: true,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return src.TLSCertificate()
 		},
-		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			got, err := bundle.VerifyPeer(rawCerts)
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			got, err := bundle.VerifyPeer(rawCerts(cs))
 			if err != nil {
 				return err
 			}
@@ -154,4 +156,13 @@ func ClientConfig(src CertSource, bundle *Bundle, expected identity.Identity) *t
 			return nil
 		},
 	}
+}
+
+// rawCerts returns the peer's chain as presented, for VerifyPeer.
+func rawCerts(cs tls.ConnectionState) [][]byte {
+	raw := make([][]byte, len(cs.PeerCertificates))
+	for i, c := range cs.PeerCertificates {
+		raw[i] = c.Raw
+	}
+	return raw
 }

@@ -62,10 +62,20 @@ func ParsePrivateKey(data []byte) (crypto.Signer, error) {
 			return nil, fmt.Errorf("key type %T cannot sign", k)
 		}
 		return s, nil
+	// Check errors before returning: a nil *ecdsa/*rsa key would otherwise
+	// come back as a non-nil crypto.Signer.
 	case "EC PRIVATE KEY":
-		return x509.ParseECPrivateKey(block.Bytes)
+		k, err := x509.ParseECPrivateKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("SEC1 EC key: %w", err)
+		}
+		return k, nil
 	case "RSA PRIVATE KEY":
-		return x509.ParsePKCS1PrivateKey(block.Bytes)
+		k, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("PKCS#1 RSA key: %w", err)
+		}
+		return k, nil
 	}
 	return nil, fmt.Errorf("unexpected PEM block %q, want a private key", block.Type)
 }

@@ -50,8 +50,8 @@ lint: $(STATICCHECK)
 	@for m in $(SUBMODULES); do (cd $$m && $(STATICCHECK) ./...) || exit 1; done
 
 unit-test:
-	$(GO) test -race -count=1 ./...
-	@for m in $(SUBMODULES); do (cd $$m && $(GO) test -race -count=1 ./...) || exit 1; done
+	$(GO) test -race -count=1 -timeout 8m ./...
+	@for m in $(SUBMODULES); do (cd $$m && $(GO) test -race -count=1 -timeout 8m ./...) || exit 1; done
 
 BENCHTIME ?= 2s
 bench:

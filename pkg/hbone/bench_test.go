@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/pkg/ca"
+	"github.com/ambit-mesh/ambit/pkg/internal/testnet"
+	"github.com/ambit-mesh/ambit/pkg/internal/testpki"
 )
 
 // Each benchmark measures HBONE beside plain TCP on loopback in the same run
@@ -45,8 +47,8 @@ func sendBlock(b *testing.B, c io.ReadWriter, block []byte) {
 }
 
 func BenchmarkStreamThroughput(b *testing.B) {
-	pki := newTestPKI(b, ca.Options{})
-	tcpAddr := startTCP(b, func(c *net.TCPConn) { ackSink(c) })
+	pki := testpki.New(b, ca.Options{})
+	tcpAddr := testnet.StartTCP(b, func(c *net.TCPConn) { ackSink(c) })
 	_, proxy, serverID := startServer(b, pki, HandlerFunc(func(_ context.Context, req *Request) error {
 		s, err := req.Accept()
 		if err != nil {
@@ -61,7 +63,7 @@ func BenchmarkStreamThroughput(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer tcpConn.Close()
-	stream, err := client.Dial(context.Background(), DialRequest{Source: pki.source("ns", "client-sa"), Proxy: proxy, Target: netip.MustParseAddrPort("10.0.0.1:80"), Expected: serverID})
+	stream, err := client.Dial(context.Background(), DialRequest{Source: pki.Source(b, "ns", "client-sa"), Proxy: proxy, Target: netip.MustParseAddrPort("10.0.0.1:80"), Expected: serverID})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -111,8 +113,8 @@ func pingPong(b *testing.B, c io.ReadWriter) {
 // BenchmarkStreamSetup opens a stream on a warm pooled connection and does
 // one 1-byte round trip, beside a fresh loopback TCP connection doing the same.
 func BenchmarkStreamSetup(b *testing.B) {
-	pki := newTestPKI(b, ca.Options{})
-	tcpAddr := startTCP(b, func(c *net.TCPConn) { echoByte(c) })
+	pki := testpki.New(b, ca.Options{})
+	tcpAddr := testnet.StartTCP(b, func(c *net.TCPConn) { echoByte(c) })
 	_, proxy, serverID := startServer(b, pki, HandlerFunc(func(_ context.Context, req *Request) error {
 		s, err := req.Accept()
 		if err != nil {
@@ -122,7 +124,7 @@ func BenchmarkStreamSetup(b *testing.B) {
 		return nil
 	}))
 	client := newClient(b, pki, ClientOptions{})
-	req := DialRequest{Source: pki.source("ns", "client-sa"), Proxy: proxy, Target: netip.MustParseAddrPort("10.0.0.1:80"), Expected: serverID}
+	req := DialRequest{Source: pki.Source(b, "ns", "client-sa"), Proxy: proxy, Target: netip.MustParseAddrPort("10.0.0.1:80"), Expected: serverID}
 	// Warm the pool.
 	warm, err := client.Dial(context.Background(), req)
 	if err != nil {

@@ -21,6 +21,8 @@ import (
 
 	"github.com/ambit-mesh/ambit/pkg/ca"
 	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/internal/testnet"
+	"github.com/ambit-mesh/ambit/pkg/internal/testpki"
 	"github.com/ambit-mesh/ambit/pkg/mtls"
 )
 
@@ -45,10 +47,10 @@ func forwardHandler() Handler {
 
 // startServer serves HBONE on a loopback port with a certificate for
 // ns/server-sa and returns its address and identity.
-func startServer(t testing.TB, pki *testPKI, h Handler) (*Server, netip.AddrPort, identity.Identity) {
+func startServer(t testing.TB, pki *testpki.PKI, h Handler) (*Server, netip.AddrPort, identity.Identity) {
 	t.Helper()
-	src := pki.source("ns", "server-sa")
-	srv := NewServer(mtls.ServerConfig(src, pki.bundle), h, ServerOptions{})
+	src := pki.Source(t, "ns", "server-sa")
+	srv := NewServer(mtls.ServerConfig(src, pki.Bundle), h, ServerOptions{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
@@ -58,41 +60,9 @@ func startServer(t testing.TB, pki *testPKI, h Handler) (*Server, netip.AddrPort
 	return srv, netip.MustParseAddrPort(ln.Addr().String()), src.Identity()
 }
 
-// startEcho runs a TCP server that echoes until EOF, then half-closes.
-func startEcho(t testing.TB) netip.AddrPort {
+func newClient(t testing.TB, pki *testpki.PKI, opts ClientOptions) *Client {
 	t.Helper()
-	return startTCP(t, func(c *net.TCPConn) {
-		buf := make([]byte, 64<<10)
-		_, _ = io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, buf)
-		_ = c.CloseWrite()
-	})
-}
-
-func startTCP(t testing.TB, serve func(*net.TCPConn)) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
-}
-
-func newClient(t testing.TB, pki *testPKI, opts ClientOptions) *Client {
-	t.Helper()
-	c := NewClient(pki.bundle, opts)
+	c := NewClient(pki.Bundle, opts)
 	t.Cleanup(c.Close)
 	return c
 }
@@ -121,11 +91,11 @@ func roundTrip(t testing.TB, c Conn, msg string) string {
 }
 
 func TestRoundTrip100MBChecksum(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	_, proxy, serverID := startServer(t, pki, forwardHandler())
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	client := newClient(t, pki, ClientOptions{})
-	conn, err := client.Dial(dialCtx(t), DialRequest{Source: pki.source("ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
+	conn, err := client.Dial(dialCtx(t), DialRequest{Source: pki.Source(t, "ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -167,7 +137,7 @@ func TestRoundTrip100MBChecksum(t *testing.T) {
 }
 
 func TestConcurrentStreamsShareOneConnection(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	var remotes sync.Map
 	var connsSeen atomic.Int32
 	fwd := forwardHandler()
@@ -177,9 +147,9 @@ func TestConcurrentStreamsShareOneConnection(t *testing.T) {
 		}
 		return fwd.ServeHBONE(ctx, req)
 	}))
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	client := newClient(t, pki, ClientOptions{})
-	src := pki.source("ns", "client-sa")
+	src := pki.Source(t, "ns", "client-sa")
 
 	const streams = 200
 	// All streams are opened before any is closed, so they are concurrent.
@@ -224,16 +194,16 @@ func TestConcurrentStreamsShareOneConnection(t *testing.T) {
 }
 
 func TestHalfCloseClientFirst(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	_, proxy, serverID := startServer(t, pki, forwardHandler())
 	// A request/response protocol delimited by FIN: read all, then answer.
-	target := startTCP(t, func(c *net.TCPConn) {
+	target := testnet.StartTCP(t, func(c *net.TCPConn) {
 		req, _ := io.ReadAll(c)
 		_, _ = io.WriteString(c, "got "+string(req))
 		_ = c.CloseWrite()
 	})
 	client := newClient(t, pki, ClientOptions{})
-	conn, err := client.Dial(dialCtx(t), DialRequest{Source: pki.source("ns", "client-sa"), Proxy: proxy, Target: target, Expected: serverID})
+	conn, err := client.Dial(dialCtx(t), DialRequest{Source: pki.Source(t, "ns", "client-sa"), Proxy: proxy, Target: target, Expected: serverID})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -244,18 +214,18 @@ func TestHalfCloseClientFirst(t *testing.T) {
 }
 
 func TestHalfCloseServerFirst(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	_, proxy, serverID := startServer(t, pki, forwardHandler())
 	// The server speaks first and closes its side; the client keeps sending.
 	late := make(chan string, 1)
-	target := startTCP(t, func(c *net.TCPConn) {
+	target := testnet.StartTCP(t, func(c *net.TCPConn) {
 		_, _ = io.WriteString(c, "banner")
 		_ = c.CloseWrite()
 		rest, _ := io.ReadAll(c)
 		late <- string(rest)
 	})
 	client := newClient(t, pki, ClientOptions{})
-	conn, err := client.Dial(dialCtx(t), DialRequest{Source: pki.source("ns", "client-sa"), Proxy: proxy, Target: target, Expected: serverID})
+	conn, err := client.Dial(dialCtx(t), DialRequest{Source: pki.Source(t, "ns", "client-sa"), Proxy: proxy, Target: target, Expected: serverID})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -282,7 +252,7 @@ func TestHalfCloseServerFirst(t *testing.T) {
 }
 
 func TestServerRefusalsResetOnlyTheStream(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	allowed := identity.Identity{TrustDomain: "cluster.local", Namespace: "ns", ServiceAccount: "client-sa"}
 	fwd := forwardHandler()
 	_, proxy, serverID := startServer(t, pki, HandlerFunc(func(ctx context.Context, req *Request) error {
@@ -294,7 +264,7 @@ func TestServerRefusalsResetOnlyTheStream(t *testing.T) {
 		}
 		return fwd.ServeHBONE(ctx, req)
 	}))
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	closedPort := func() netip.AddrPort {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -305,7 +275,7 @@ func TestServerRefusalsResetOnlyTheStream(t *testing.T) {
 		return ap
 	}()
 	client := newClient(t, pki, ClientOptions{})
-	src := pki.source("ns", "client-sa")
+	src := pki.Source(t, "ns", "client-sa")
 	base := DialRequest{Source: src, Proxy: proxy, Target: echo, Expected: serverID}
 
 	// A long-lived stream that must survive every refusal below.
@@ -333,7 +303,7 @@ func TestServerRefusalsResetOnlyTheStream(t *testing.T) {
 		}
 	}
 	// Another identity, same server: refused with 403 on its own connection.
-	other := pki.source("ns", "intruder")
+	other := pki.Source(t, "ns", "intruder")
 	_, err = client.Dial(dialCtx(t), DialRequest{Source: other, Proxy: proxy, Target: echo, Expected: serverID})
 	var se *StatusError
 	if !errors.As(err, &se) || se.Code != http.StatusForbidden || !strings.Contains(se.Reason, "intruder") {
@@ -359,15 +329,15 @@ func TestServerRefusalsResetOnlyTheStream(t *testing.T) {
 
 // rawConnect sends one CONNECT with a chosen :authority using the x/net
 // transport directly, to exercise what our own client refuses to send.
-func rawConnect(t *testing.T, pki *testPKI, proxy netip.AddrPort, serverID identity.Identity, authority, method string) int {
+func rawConnect(t *testing.T, pki *testpki.PKI, proxy netip.AddrPort, serverID identity.Identity, authority, method string) int {
 	t.Helper()
-	src := pki.source("ns", "client-sa")
-	tc, err := tls.Dial("tcp", proxy.String(), mtls.ClientConfig(src, pki.bundle, serverID))
+	src := pki.Source(t, "ns", "client-sa")
+	tc, err := tls.Dial("tcp", proxy.String(), mtls.ClientConfig(src, pki.Bundle, serverID))
 	if err != nil {
 		t.Fatalf("tls dial: %v", err)
 	}
 	defer tc.Close()
-	client := NewClient(pki.bundle, ClientOptions{})
+	client := NewClient(pki.Bundle, ClientOptions{})
 	defer client.Close()
 	cc, err := client.t.NewClientConn(tc)
 	if err != nil {
@@ -386,7 +356,7 @@ func rawConnect(t *testing.T, pki *testPKI, proxy netip.AddrPort, serverID ident
 }
 
 func TestBadRequestsGetStatus(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	_, proxy, serverID := startServer(t, pki, forwardHandler())
 	for _, tc := range []struct {
 		authority, method string
@@ -403,19 +373,19 @@ func TestBadRequestsGetStatus(t *testing.T) {
 }
 
 func TestWrongClientIdentityRefused(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	_, proxy, serverID := startServer(t, pki, forwardHandler())
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	// Same trust domain and names, but a CA the server does not trust.
-	rogue := newTestPKI(t, ca.Options{})
-	client := NewClient(pki.bundle, ClientOptions{})
+	rogue := testpki.New(t, ca.Options{})
+	client := NewClient(pki.Bundle, ClientOptions{})
 	defer client.Close()
-	_, err := client.Dial(dialCtx(t), DialRequest{Source: rogue.source("ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
+	_, err := client.Dial(dialCtx(t), DialRequest{Source: rogue.Source(t, "ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
 	if err == nil {
 		t.Fatal("server accepted a client certificate from an untrusted CA")
 	}
 	// A trusted client is unaffected.
-	good, err := client.Dial(dialCtx(t), DialRequest{Source: pki.source("ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
+	good, err := client.Dial(dialCtx(t), DialRequest{Source: pki.Source(t, "ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
 	if err != nil {
 		t.Fatalf("trusted client refused: %v", err)
 	}
@@ -426,12 +396,12 @@ func TestWrongClientIdentityRefused(t *testing.T) {
 }
 
 func TestWrongServerIdentityRefusedByClient(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	_, proxy, _ := startServer(t, pki, forwardHandler())
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	client := newClient(t, pki, ClientOptions{})
 	want := identity.Identity{TrustDomain: "cluster.local", Namespace: "ns", ServiceAccount: "someone-else"}
-	_, err := client.Dial(dialCtx(t), DialRequest{Source: pki.source("ns", "client-sa"), Proxy: proxy, Target: echo, Expected: want})
+	_, err := client.Dial(dialCtx(t), DialRequest{Source: pki.Source(t, "ns", "client-sa"), Proxy: proxy, Target: echo, Expected: want})
 	if err == nil || !strings.Contains(err.Error(), want.String()) {
 		t.Fatalf("dial to a server with the wrong identity: %v, want an error naming %s", err, want)
 	}
@@ -442,16 +412,16 @@ func TestWrongServerIdentityRefusedByClient(t *testing.T) {
 
 func TestExpiredCertificateRefused(t *testing.T) {
 	// A root made three hours ago, so a CA clock two hours back can still sign.
-	pki := newTestPKI(t, ca.Options{Now: func() time.Time { return time.Now().Add(-3 * time.Hour) }})
+	pki := testpki.New(t, ca.Options{Now: func() time.Time { return time.Now().Add(-3 * time.Hour) }})
 	_, proxy, serverID := startServer(t, pki, forwardHandler())
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	// Same root, but a clock two hours behind: its one-hour leaf has expired.
-	past, err := ca.Load(pki.ca.CertPEM(), pki.ca.KeyPEM(), nil, pki.ca.RootsPEM(), ca.Options{Now: func() time.Time { return time.Now().Add(-2 * time.Hour) }})
+	past, err := ca.Load(pki.CA.CertPEM(), pki.CA.KeyPEM(), nil, pki.CA.RootsPEM(), ca.Options{Now: func() time.Time { return time.Now().Add(-2 * time.Hour) }})
 	if err != nil {
 		t.Fatalf("load CA: %v", err)
 	}
 	id := identity.Identity{TrustDomain: "cluster.local", Namespace: "ns", ServiceAccount: "client-sa"}
-	expired := pki.sourceWithSigner(id, past, time.Hour)
+	expired := testpki.SourceFrom(t, id, past, time.Hour)
 	client := newClient(t, pki, ClientOptions{})
 	_, err = client.Dial(dialCtx(t), DialRequest{Source: expired, Proxy: proxy, Target: echo, Expected: serverID})
 	if err == nil {
@@ -459,26 +429,26 @@ func TestExpiredCertificateRefused(t *testing.T) {
 	}
 
 	// And the client refuses a server presenting an expired certificate.
-	expiredServer := pki.sourceWithSigner(identity.Identity{TrustDomain: "cluster.local", Namespace: "ns", ServiceAccount: "server-sa"}, past, time.Hour)
-	srv := NewServer(mtls.ServerConfig(expiredServer, pki.bundle), forwardHandler(), ServerOptions{})
+	expiredServer := testpki.SourceFrom(t, identity.Identity{TrustDomain: "cluster.local", Namespace: "ns", ServiceAccount: "server-sa"}, past, time.Hour)
+	srv := NewServer(mtls.ServerConfig(expiredServer, pki.Bundle), forwardHandler(), ServerOptions{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
-	_, err = client.Dial(dialCtx(t), DialRequest{Source: pki.source("ns", "client-sa"), Proxy: netip.MustParseAddrPort(ln.Addr().String()), Target: echo})
+	_, err = client.Dial(dialCtx(t), DialRequest{Source: pki.Source(t, "ns", "client-sa"), Proxy: netip.MustParseAddrPort(ln.Addr().String()), Target: echo})
 	if err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("client accepted an expired server certificate: %v", err)
 	}
 }
 
 func TestGarbageRefusedWithoutDisturbingStreams(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	_, proxy, serverID := startServer(t, pki, forwardHandler())
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	client := newClient(t, pki, ClientOptions{})
-	keeper, err := client.Dial(dialCtx(t), DialRequest{Source: pki.source("ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
+	keeper, err := client.Dial(dialCtx(t), DialRequest{Source: pki.Source(t, "ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -517,8 +487,8 @@ func TestGarbageRefusedWithoutDisturbingStreams(t *testing.T) {
 			return nil
 		},
 		"TLS with h2 but HTTP/1 inside": func(c net.Conn) error {
-			src := pki.source("ns", "client-sa")
-			tc := tls.Client(c, mtls.ClientConfig(src, pki.bundle, serverID))
+			src := pki.Source(t, "ns", "client-sa")
+			tc := tls.Client(c, mtls.ClientConfig(src, pki.Bundle, serverID))
 			if err := tc.Handshake(); err != nil {
 				return err
 			}
@@ -566,11 +536,11 @@ func TestGarbageRefusedWithoutDisturbingStreams(t *testing.T) {
 }
 
 func TestIdleConnectionClosedAndBrokenConnectionEvicted(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	srv, proxy, serverID := startServer(t, pki, forwardHandler())
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	client := newClient(t, pki, ClientOptions{IdleTimeout: 300 * time.Millisecond})
-	src := pki.source("ns", "client-sa")
+	src := pki.Source(t, "ns", "client-sa")
 	req := DialRequest{Source: src, Proxy: proxy, Target: echo, Expected: serverID}
 
 	c, err := client.Dial(dialCtx(t), req)
@@ -606,11 +576,11 @@ func TestIdleConnectionClosedAndBrokenConnectionEvicted(t *testing.T) {
 }
 
 func TestShutdownDrainsInFlightStreams(t *testing.T) {
-	pki := newTestPKI(t, ca.Options{})
+	pki := testpki.New(t, ca.Options{})
 	srv, proxy, serverID := startServer(t, pki, forwardHandler())
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	client := newClient(t, pki, ClientOptions{})
-	c, err := client.Dial(dialCtx(t), DialRequest{Source: pki.source("ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
+	c, err := client.Dial(dialCtx(t), DialRequest{Source: pki.Source(t, "ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,64 +19,10 @@ import (
 	"github.com/ambit-mesh/ambit/pkg/ca"
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/internal/testnet"
+	"github.com/ambit-mesh/ambit/pkg/internal/testpki"
 	"github.com/ambit-mesh/ambit/pkg/mtls"
-	"github.com/ambit-mesh/ambit/pkg/workloadcert"
 )
-
-type pki struct {
-	ca     *ca.CA
-	bundle *mtls.Bundle
-}
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	authority, err := ca.NewSelfSigned(ca.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := mtls.NewBundle(authority.TrustDomain(), authority.Roots())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &pki{ca: authority, bundle: bundle}
-}
-
-func (p *pki) source(t *testing.T, sa string) *workloadcert.Source {
-	t.Helper()
-	id, err := identity.New("cluster.local", "interop", sa)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := workloadcert.NewSource(id, p.ca, workloadcert.Options{})
-	if err := src.Renew(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return src
-}
-
-// startEcho echoes until EOF, then half-closes.
-func startEcho(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
-}
 
 func randomPayload(n int) []byte {
 	b := make([]byte, n)
@@ -111,10 +57,10 @@ func exchange(t *testing.T, c net.Conn, payload []byte) {
 
 // Istio's Go HBONE client dials ambit's HBONE server.
 func TestIstioClientToAmbitServer(t *testing.T) {
-	p := newPKI(t)
-	serverSrc := p.source(t, "ambit-server")
+	p := testpki.New(t, ca.Options{TrustDomain: "cluster.local"})
+	serverSrc := p.Source(t, "interop", "ambit-server")
 	peers := make(chan identity.Identity, 4)
-	srv := hbone.NewServer(mtls.ServerConfig(serverSrc, p.bundle), hbone.HandlerFunc(func(ctx context.Context, req *hbone.Request) error {
+	srv := hbone.NewServer(mtls.ServerConfig(serverSrc, p.Bundle), hbone.HandlerFunc(func(ctx context.Context, req *hbone.Request) error {
 		peers <- req.Peer
 		target, err := (&net.Dialer{}).DialContext(ctx, "tcp", req.Target.String())
 		if err != nil {
@@ -135,12 +81,12 @@ func TestIstioClientToAmbitServer(t *testing.T) {
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 
-	clientSrc := p.source(t, "istio-client")
+	clientSrc := p.Source(t, "interop", "istio-client")
 	dialer := istiohbone.NewDialer(istiohbone.Config{
 		ProxyAddress: ln.Addr().String(),
-		TLS:          mtls.ClientConfig(clientSrc, p.bundle, serverSrc.Identity()),
+		TLS:          mtls.ClientConfig(clientSrc, p.Bundle, serverSrc.Identity()),
 	})
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	for _, size := range []int{5, 1 << 20} {
 		conn, err := dialer.DialContext(context.Background(), "tcp", echo.String())
 		if err != nil {
@@ -156,22 +102,22 @@ func TestIstioClientToAmbitServer(t *testing.T) {
 
 // ambit's HBONE client dials Istio's Go HBONE server.
 func TestAmbitClientToIstioServer(t *testing.T) {
-	p := newPKI(t)
-	serverSrc := p.source(t, "istio-server")
+	p := testpki.New(t, ca.Options{TrustDomain: "cluster.local"})
+	serverSrc := p.Source(t, "interop", "istio-server")
 	srv := istiohbone.NewServer()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// As Istio's echo app serves HBONE over TLS: a TLS listener under its server.
-	go func() { _ = srv.Serve(tls.NewListener(ln, mtls.ServerConfig(serverSrc, p.bundle))) }()
+	go func() { _ = srv.Serve(tls.NewListener(ln, mtls.ServerConfig(serverSrc, p.Bundle))) }()
 	defer srv.Close()
 
-	client := hbone.NewClient(p.bundle, hbone.ClientOptions{})
+	client := hbone.NewClient(p.Bundle, hbone.ClientOptions{})
 	defer client.Close()
-	echo := startEcho(t)
+	echo := testnet.StartEcho(t)
 	req := hbone.DialRequest{
-		Source:   p.source(t, "ambit-client"),
+		Source:   p.Source(t, "interop", "ambit-client"),
 		Proxy:    netip.MustParseAddrPort(ln.Addr().String()),
 		Target:   echo,
 		Expected: serverSrc.Identity(),

@@ -158,7 +158,7 @@ for ((n = 1; n <= NODES; n++)); do
 	# the kubelets never see (or clean up) each other's pods.
 	for h in /sys/fs/cgroup/*/; do
 		[[ $(stat -f -c %T "$h") == cgroupfs ]] || continue
-		[[ $h == */unified/ || $h == */systemd/ ]] && continue
+		[[ $h == */unified/ ]] && continue
 		mkdir -p "$h$name"
 		if [[ -f ${h}cpuset.cpus ]]; then
 			cat "${h}cpuset.cpus" >"$h$name/cpuset.cpus"
@@ -202,6 +202,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 
 [plugins."io.containerd.cri.v1.runtime"]
   netns_mounts_under_state_dir = true
+  # These machines withhold CAP_SYS_RESOURCE, so no process may lower its
+  # oom_score_adj below containerd's (kubelet asks -998 for sandboxes).
+  restrict_oom_score_adj = true
   enable_selinux = false
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"

@@ -130,10 +130,20 @@ func TestDevcluster(t *testing.T) {
 	} {
 		t.Run("curl "+target, func(t *testing.T) {
 			seen := map[string]bool{}
+			// kube-proxy programs a new Service within a few seconds of
+			// its endpoints becoming Ready: allow that much for the first
+			// answer, then every request must succeed.
+			deadline := time.Now().Add(30 * time.Second)
 			for i := 0; i < 30 && len(seen) < len(echoPods); i++ {
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				out, err := c.Exec(ctx, ns, toolbox, "", "curl", "-sS", "-m", "5", "-w", "\n%{http_code}", target)
 				cancel()
+				if err != nil && len(seen) == 0 && time.Now().Before(deadline) {
+					t.Logf("curl %s: %v (retrying)", target, err)
+					time.Sleep(time.Second)
+					i--
+					continue
+				}
 				if err != nil {
 					t.Fatalf("curl %s: %v", target, err)
 				}
@@ -182,7 +192,7 @@ func TestDevcluster(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, c.KubectlBin, "--kubeconfig", c.Kubeconfig, "-n", ns,
-			"port-forward", "svc/echo", "127.0.0.1:0:80")
+			"port-forward", "--address", "127.0.0.1", "svc/echo", ":80")
 		stdout, _ := cmd.StdoutPipe()
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {

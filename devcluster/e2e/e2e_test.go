@@ -219,6 +219,39 @@ func TestDevcluster(t *testing.T) {
 		}
 	})
 
+	t.Run("images on every node", func(t *testing.T) {
+		want := []string{
+			"registry.k8s.io/pause:3.10.1",
+			"registry.k8s.io/coredns/coredns:v1.14.7",
+			"registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0",
+			"registry.k8s.io/gateway-api/conformance/echo-basic:v0.2.0",
+			"registry.k8s.io/gateway-api/conformance/echo-advanced:v0.1.0",
+			"docker.io/ambit/ztunnel:dev",
+			"docker.io/ambit/waypoint:dev",
+			"docker.io/ambit/istiod-lite:dev",
+		}
+		nodes, err := c.Client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(nodes.Items) != c.Nodes {
+			t.Errorf("want %d nodes, got %d", c.Nodes, len(nodes.Items))
+		}
+		for _, n := range nodes.Items {
+			have := map[string]bool{}
+			for _, img := range n.Status.Images {
+				for _, name := range img.Names {
+					have[name] = true
+				}
+			}
+			for _, w := range want {
+				if !have[w] {
+					t.Errorf("node %s: image %s not present", n.Name, w)
+				}
+			}
+		}
+	})
+
 	t.Run("serviceaccount token review", func(t *testing.T) {
 		ctx := context.Background()
 		tr, err := c.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "default", &authenticationv1.TokenRequest{

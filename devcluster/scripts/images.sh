@@ -76,7 +76,7 @@ import_all() {
 		local sock=$RUN_DIR/n$n/containerd.sock
 		[[ -S $sock ]] || die "node $n's containerd is not running ($sock missing): run 'make devcluster-up' first"
 		for t in "${tars[@]}"; do
-			"$CONTAINERD_BIN/ctr" -a "$sock" -n k8s.io images import --local --label io.cri-containerd.pinned=pinned "$t" >/dev/null ||
+			"$CONTAINERD_BIN/ctr" -a "$sock" -n k8s.io images import --local --label io.cri-containerd.pinned=pinned "$t" 2>&1 >/dev/null | { grep -v DEPRECATION >&2 || true; } ||
 				die "importing $t into node $n failed"
 		done
 	done

@@ -11,7 +11,7 @@ COMPONENTS := ztunnel waypoint istiod-lite
 SUBMODULES := pkg/hbone/interop
 STATICCHECK := $(BIN)/staticcheck
 
-.PHONY: all build test lint fmt-check vet unit-test bench fuzz demo clean help
+.PHONY: all build test lint fmt-check vet unit-test bench fuzz demo clean help generate generate-check protoc
 
 all: build
 
@@ -48,6 +48,44 @@ $(STATICCHECK): tools/go.mod tools/go.sum
 lint: $(STATICCHECK)
 	$(STATICCHECK) ./...
 	@for m in $(SUBMODULES); do (cd $$m && $(STATICCHECK) ./...) || exit 1; done
+
+# Protobuf code generation (apis/). protoc comes from the distribution
+# (Debian: protobuf-compiler, 3.21.x); protoc-gen-go is built from the
+# google.golang.org/protobuf version pinned in tools/go.mod, which must equal
+# the one in the main go.mod (generated code needs runtime >= generator).
+PROTOC_GEN_GO := $(BIN)/protoc-gen-go
+PROTO_FILES = $(sort $(wildcard apis/*/*/*.proto))
+PROTOC_FLAGS = -I . --plugin=protoc-gen-go=$(PROTOC_GEN_GO) --go_opt=paths=source_relative
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(PROTOC_GEN_GO): tools/go.mod tools/go.sum
+	@mkdir -p $(BIN)
+	cd tools && $(GO) build -o $(PROTOC_GEN_GO) google.golang.org/protobuf/cmd/protoc-gen-go
+
+# protoc: install Debian's protobuf-compiler when protoc is not on PATH.
+protoc:
+	@command -v protoc >/dev/null 2>&1 || { \
+	  echo "protoc not found: installing protobuf-compiler with apt-get"; \
+	  $(SUDO) apt-get install -y protobuf-compiler || { $(SUDO) apt-get update && $(SUDO) apt-get install -y protobuf-compiler; }; \
+	}
+	@protoc --version
+
+generate: protoc $(PROTOC_GEN_GO)
+	protoc $(PROTOC_FLAGS) --go_out=. $(PROTO_FILES)
+
+# Regenerate into a temporary directory and diff against the committed files.
+# Lines naming the protoc version are ignored, so another protoc release does
+# not fail the check by itself. Does not install protoc: fails if it is absent.
+generate-check: $(PROTOC_GEN_GO)
+	@command -v protoc >/dev/null 2>&1 || { echo "generate-check: FAIL: protoc not found on PATH; run 'make protoc' (or apt-get install -y protobuf-compiler) first"; exit 1; }
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	protoc $(PROTOC_FLAGS) --go_out="$$tmp" $(PROTO_FILES) || exit 1; \
+	want="$$(cd "$$tmp" && find apis -name '*.pb.go' | sort)"; have="$$(find apis -name '*.pb.go' | sort)"; \
+	if [ "$$want" != "$$have" ]; then echo "generate-check: FAIL: generated file set differs; run make generate"; diff <(echo "$$have") <(echo "$$want"); exit 1; fi; \
+	for f in $$want; do \
+	  diff -u -I '^//[[:space:]]*protoc[[:space:]]' "$$f" "$$tmp/$$f" || { echo "generate-check: FAIL: $$f is stale; run make generate"; exit 1; }; \
+	done; \
+	echo "generate-check: ok"
 
 unit-test:
 	$(GO) test -race -count=1 -timeout 8m ./...

@@ -3,7 +3,10 @@ module github.com/ambit-mesh/ambit/tools
 
 go 1.26.0
 
-require honnef.co/go/tools v0.8.2
+require (
+	google.golang.org/protobuf v1.36.12
+	honnef.co/go/tools v0.8.2
+)
 
 require (
 	github.com/BurntSushi/toml v1.4.1-0.20240526193622-a339e1f7089c // indirect

@@ -4,5 +4,6 @@
 package tools
 
 import (
+	_ "google.golang.org/protobuf/cmd/protoc-gen-go"
 	_ "honnef.co/go/tools/cmd/staticcheck"
 )

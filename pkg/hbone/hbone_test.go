@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/ambit-mesh/ambit/pkg/ca"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/internal/testnet"
@@ -49,8 +52,13 @@ func forwardHandler() Handler {
 // ns/server-sa and returns its address and identity.
 func startServer(t testing.TB, pki *testpki.PKI, h Handler) (*Server, netip.AddrPort, identity.Identity) {
 	t.Helper()
+	return startServerWith(t, pki, h, ServerOptions{})
+}
+
+func startServerWith(t testing.TB, pki *testpki.PKI, h Handler, opts ServerOptions) (*Server, netip.AddrPort, identity.Identity) {
+	t.Helper()
 	src := pki.Source(t, "ns", "server-sa")
-	srv := NewServer(mtls.ServerConfig(src, pki.Bundle), h, ServerOptions{})
+	srv := NewServer(mtls.ServerConfig(src, pki.Bundle), h, opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
@@ -618,5 +626,78 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestServerClosesIdleConnections(t *testing.T) {
+	pki := testpki.New(t, ca.Options{})
+	_, proxy, serverID := startServerWith(t, pki, forwardHandler(), ServerOptions{IdleTimeout: 300 * time.Millisecond})
+	echo := testnet.StartEcho(t)
+	client := newClient(t, pki, ClientOptions{IdleTimeout: time.Hour})
+	c, err := client.Dial(dialCtx(t), DialRequest{Source: pki.Source(t, "ns", "client-sa"), Proxy: proxy, Target: echo, Expected: serverID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// While a stream is open the connection is not idle, however long it lasts.
+	time.Sleep(600 * time.Millisecond)
+	if got := roundTrip(t, c, "busy"); got != "busy" {
+		t.Fatalf("stream open past the idle timeout echoed %q", got)
+	}
+	c.Close()
+	waitFor(t, "server to close the idle connection", func() bool { return client.Stats().Connections == 0 })
+}
+
+// A peer that opens a stream, grants a huge window and then stops reading
+// must not pin the server's writer forever.
+func TestServerWriteTimeoutDropsStalledPeer(t *testing.T) {
+	pki := testpki.New(t, ca.Options{})
+	writeErr := make(chan error, 1)
+	_, proxy, serverID := startServerWith(t, pki, HandlerFunc(func(_ context.Context, req *Request) error {
+		s, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		chunk := make([]byte, 1<<20)
+		for {
+			if _, err := s.Write(chunk); err != nil {
+				writeErr <- err
+				return nil
+			}
+		}
+	}), ServerOptions{WriteTimeout: 300 * time.Millisecond})
+
+	src := pki.Source(t, "ns", "client-sa")
+	tc, err := tls.Dial("tcp", proxy.String(), mtls.ClientConfig(src, pki.Bundle, serverID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	if _, err := io.WriteString(tc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(tc, tc)
+	var hbuf bytes.Buffer
+	enc := hpack.NewEncoder(&hbuf)
+	for _, f := range []hpack.HeaderField{{Name: ":method", Value: "CONNECT"}, {Name: ":authority", Value: "10.0.0.1:80"}} {
+		_ = enc.WriteField(f)
+	}
+	steps := []error{
+		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1}),
+		fr.WriteWindowUpdate(0, 1<<31-1-65535),
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hbuf.Bytes(), EndHeaders: true}),
+	}
+	for _, err := range steps {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Never read again.
+	select {
+	case err := <-writeErr:
+		if err == nil {
+			t.Fatal("write to a stalled peer ended without an error")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("server kept writing to a peer that stopped reading")
 	}
 }

@@ -77,6 +77,13 @@ type ServerOptions struct {
 	MaxConcurrentStreams uint32
 	// HandshakeTimeout bounds the TLS handshake and the HTTP/2 preface; default 10s.
 	HandshakeTimeout time.Duration
+	// WriteTimeout bounds one write to the socket; a peer that stops reading
+	// for this long loses its connection. Default 1m.
+	WriteTimeout time.Duration
+	// IdleTimeout closes a connection that has carried no stream for this
+	// long (GOAWAY, then close). Default 10m, above the client's 5m, so the
+	// client normally closes first.
+	IdleTimeout time.Duration
 	// StreamWindow is the receive window per stream; default 4 MiB.
 	StreamWindow int32
 	// ConnWindow is the receive window per connection; default 16 MiB.
@@ -92,6 +99,12 @@ func (o *ServerOptions) setDefaults() {
 	}
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = time.Minute
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 10 * time.Minute
 	}
 	if o.StreamWindow <= 0 {
 		o.StreamWindow = 4 << 20

@@ -59,6 +59,7 @@ type serverConn struct {
 	peerStreamWindow int64 // peer's SETTINGS_INITIAL_WINDOW_SIZE
 	peerMaxFrame     uint32
 	goingAway        bool
+	idleTimer        *time.Timer // runs while no stream is open
 	closed           bool
 	closeErr         error
 }
@@ -84,6 +85,9 @@ func newServerConn(s *Server, c *tls.Conn, peer identity.Identity, log *slog.Log
 // serve runs the read loop until the connection ends.
 func (sc *serverConn) serve() {
 	defer sc.close(errConnClosed)
+	sc.mu.Lock()
+	sc.idleTimer = time.AfterFunc(sc.srv.opts.IdleTimeout, sc.closeIfIdle)
+	sc.mu.Unlock()
 	o := sc.srv.opts
 	_ = sc.conn.SetReadDeadline(time.Now().Add(o.HandshakeTimeout))
 	preface := make([]byte, len(http2.ClientPreface))
@@ -237,6 +241,9 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	st := newServerStream(sc, id)
 	sc.streams[id] = st
+	if len(sc.streams) == 1 && sc.idleTimer != nil {
+		sc.idleTimer.Stop()
+	}
 	sc.mu.Unlock()
 
 	req := &Request{Peer: sc.peer, RemoteAddr: sc.conn.RemoteAddr(), LocalAddr: sc.conn.LocalAddr(), stream: st, Header: http.Header{}}
@@ -371,6 +378,7 @@ func (sc *serverConn) writeFrame(fn func(*http2.Framer) error) error {
 	}
 	err := fn(sc.fr)
 	if err == nil {
+		_ = sc.conn.SetWriteDeadline(time.Now().Add(sc.srv.opts.WriteTimeout))
 		err = sc.bw.Flush()
 	}
 	if err != nil {
@@ -400,6 +408,9 @@ func (sc *serverConn) forget(st *serverStream) {
 	sc.mu.Lock()
 	delete(sc.streams, st.id)
 	last := sc.goingAway && len(sc.streams) == 0
+	if len(sc.streams) == 0 && sc.idleTimer != nil {
+		sc.idleTimer.Reset(sc.srv.opts.IdleTimeout)
+	}
 	sc.mu.Unlock()
 	if last {
 		sc.close(errConnClosed)
@@ -412,6 +423,17 @@ func (sc *serverConn) protocolError(code http2.ErrCode, reason string) {
 	last := sc.maxClientStream
 	sc.mu.Unlock()
 	_ = sc.writeFrame(func(fr *http2.Framer) error { return fr.WriteGoAway(last, code, []byte(reason)) })
+}
+
+// closeIfIdle runs when the idle timer fires.
+func (sc *serverConn) closeIfIdle() {
+	sc.mu.Lock()
+	idle := len(sc.streams) == 0 && !sc.closed
+	sc.mu.Unlock()
+	if idle {
+		sc.log.Debug("closing idle connection")
+		sc.goAway(true)
+	}
 }
 
 // goAway tells the peer to open no more streams here. With no streams in
@@ -437,6 +459,9 @@ func (sc *serverConn) close(err error) {
 	}
 	sc.closed = true
 	sc.closeErr = err
+	if sc.idleTimer != nil {
+		sc.idleTimer.Stop()
+	}
 	streams := make([]*serverStream, 0, len(sc.streams))
 	for _, st := range sc.streams {
 		streams = append(streams, st)

@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
@@ -123,7 +122,7 @@ func New(ctx context.Context, opts Options) *Server {
 
 // Register adds the ADS service to a gRPC server.
 func (s *Server) Register(g grpc.ServiceRegistrar) {
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
 }
 
 // Clients is the number of open delta streams.

@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 COMPONENTS := ztunnel waypoint istiod-lite
 # Nested Go modules (own go.mod) tested beside the main one.
-SUBMODULES := pkg/hbone/interop
+SUBMODULES := pkg/hbone/interop devcluster
 STATICCHECK := $(BIN)/staticcheck
 
 .PHONY: all build test lint fmt-check vet unit-test bench fuzz demo clean help generate generate-check protoc
@@ -28,7 +28,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./ztunnel ./waypoint ./istiod-lite
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ambit ./cli
 
-test: fmt-check vet lint unit-test
+test: fmt-check vet lint unit-test e2e
 
 # Every Go file in the tree, excluding build output and fetched caches.
 GOFILES = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.cache/*' -not -path '*/testdata/*')

@@ -11,7 +11,7 @@ COMPONENTS := ztunnel waypoint istiod-lite
 SUBMODULES := pkg/hbone/interop devcluster
 STATICCHECK := $(BIN)/staticcheck
 
-.PHONY: all build test lint fmt-check vet unit-test bench fuzz demo clean help generate generate-check protoc
+.PHONY: tidy all build test lint fmt-check vet unit-test bench fuzz demo clean help generate generate-check protoc
 
 all: build
 
@@ -32,6 +32,12 @@ test: fmt-check vet lint unit-test e2e
 
 # Every Go file in the tree, excluding build output and fetched caches.
 GOFILES = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.cache/*' -not -path '*/testdata/*')
+
+# tidy: the nested modules replace the main one, so they need a tidy whenever
+# the main go.mod changes; `make test` does not tidy (it must not hide drift).
+tidy:
+	$(GO) mod tidy
+	@for m in $(SUBMODULES); do (cd $$m && $(GO) mod tidy) || exit 1; done
 
 fmt-check:
 	@out="$$(gofmt -l $(GOFILES))"; if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi

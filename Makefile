@@ -93,7 +93,7 @@ generate-check: $(PROTOC_GEN_GO)
 	done; \
 	echo "generate-check: ok"
 
-unit-test:
+unit-test: kube-bins
 	$(GO) test -race -count=1 -timeout 8m ./...
 	@for m in $(SUBMODULES); do (cd $$m && $(GO) test -race -count=1 -timeout 8m ./...) || exit 1; done
 
@@ -114,3 +114,5 @@ clean:
 
 # devcluster targets (devcluster-up, devcluster-down, e2e) live beside their code.
 -include devcluster/devcluster.mk
+# Fragments of other areas (kube-bins for the kubetest harness, ...).
+-include mk/*.mk

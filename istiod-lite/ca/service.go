@@ -1,0 +1,287 @@
+// Package ca is istiod-lite's mesh CA service: Istio's certificate service
+// (istio.io/api security/v1alpha1 IstioCertificateService.CreateCertificate)
+// on top of pkg/ca, so both ambit's and Istio's ztunnel can get workload
+// certificates from it. Callers authenticate with a Kubernetes
+// ServiceAccount token (istiod-lite/auth). A node agent (ztunnel) may get the
+// identity of any pod running on its own node; every other caller only its
+// own identity.
+//
+// The package also keeps the root in a Kubernetes Secret (root.go) and
+// publishes the root certificate to every namespace (publisher.go).
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"time"
+
+	pb "istio.io/api/security/v1alpha1"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+
+	"github.com/ambit-mesh/ambit/istiod-lite/auth"
+	"github.com/ambit-mesh/ambit/pkg/ca"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/pemutil"
+)
+
+// ImpersonatedIdentityKey is the request metadata field in which a node
+// agent names the identity it asks a certificate for (Istio's
+// security.ImpersonatedIdentity; ztunnel sets it on every request).
+const ImpersonatedIdentityKey = "ImpersonatedIdentity"
+
+// DefaultInstallNamespace is where istiod-lite, ztunnel and the root Secret live.
+const DefaultInstallNamespace = "istio-system"
+
+// ServiceAccountRef names a ServiceAccount.
+type ServiceAccountRef struct {
+	Namespace string
+	Name      string
+}
+
+func (r ServiceAccountRef) String() string { return r.Namespace + "/" + r.Name }
+
+// DefaultNodeAgents is ztunnel's ServiceAccount in the install namespace.
+var DefaultNodeAgents = []ServiceAccountRef{{Namespace: DefaultInstallNamespace, Name: "ztunnel"}}
+
+// Authenticator authenticates a gRPC caller; *auth.Authenticator is one.
+// Errors are gRPC status errors.
+type Authenticator interface {
+	AuthenticateGRPC(ctx context.Context) (*auth.Caller, error)
+}
+
+// PodLookup answers node authorization: does a pod with ServiceAccount
+// ns/sa run (is not terminated) on node?
+type PodLookup interface {
+	PodOnNode(ctx context.Context, node, ns, sa string) (bool, error)
+}
+
+// Options configure a Service.
+type Options struct {
+	CA            *ca.CA        // signs certificates; required
+	Authenticator Authenticator // required
+	// Pods answers node authorization; required (APIPodLookup asks the
+	// apiserver; an informer-backed lookup can replace it).
+	Pods PodLookup
+	// NodeAgents are the ServiceAccounts allowed to request the identities
+	// of pods on their own node; default DefaultNodeAgents.
+	NodeAgents []ServiceAccountRef
+	Log        *slog.Logger
+	// Meter, when set, records requests by outcome.
+	Meter metric.Meter
+}
+
+// Service implements IstioCertificateService.
+type Service struct {
+	pb.UnimplementedIstioCertificateServiceServer
+	opts     Options
+	requests metric.Int64Counter
+}
+
+// NewService validates opts and returns the service.
+func NewService(opts Options) (*Service, error) {
+	switch {
+	case opts.CA == nil:
+		return nil, errors.New("ca service: no CA")
+	case opts.Authenticator == nil:
+		return nil, errors.New("ca service: no authenticator")
+	case opts.Pods == nil:
+		return nil, errors.New("ca service: no pod lookup")
+	}
+	if len(opts.NodeAgents) == 0 {
+		opts.NodeAgents = DefaultNodeAgents
+	}
+	opts.NodeAgents = slices.Clone(opts.NodeAgents)
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	s := &Service{opts: opts}
+	if opts.Meter != nil {
+		c, err := opts.Meter.Int64Counter("citadel_server_csr",
+			metric.WithDescription("Certificate signing requests handled by the mesh CA, by outcome."))
+		if err != nil {
+			return nil, fmt.Errorf("ca service: metric: %w", err)
+		}
+		s.requests = c
+	}
+	return s, nil
+}
+
+// Register adds the service to a gRPC server.
+func (s *Service) Register(r grpc.ServiceRegistrar) {
+	pb.RegisterIstioCertificateServiceServer(r, s)
+}
+
+// CreateCertificate authenticates the caller, validates the CSR, authorizes
+// the identity it asks for, and signs it. The response is Istio's: the
+// leaf, then the intermediates, then the root, each PEM-encoded.
+func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	resp, caller, id, err := s.create(ctx, req)
+	outcome := "success"
+	if err != nil {
+		outcome = outcomeOf(status.Code(err))
+		attrs := []any{"outcome", outcome, "error", status.Convert(err).Message()}
+		if caller != nil {
+			attrs = append(attrs, "caller", caller.String())
+		}
+		if !id.IsZero() {
+			attrs = append(attrs, "identity", id.String())
+		}
+		s.opts.Log.Warn("certificate request refused", attrs...)
+	} else {
+		s.opts.Log.Debug("certificate issued", "caller", caller.String(), "identity", id.String())
+	}
+	if s.requests != nil {
+		s.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", outcome)))
+	}
+	return resp, err
+}
+
+func outcomeOf(c codes.Code) string {
+	switch c {
+	case codes.Unauthenticated:
+		return "unauthenticated"
+	case codes.PermissionDenied:
+		return "permission_denied"
+	case codes.InvalidArgument:
+		return "invalid_argument"
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		return "unavailable"
+	default:
+		return "error"
+	}
+}
+
+func (s *Service) create(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, *auth.Caller, identity.Identity, error) {
+	caller, err := s.opts.Authenticator.AuthenticateGRPC(ctx)
+	if err != nil {
+		return nil, nil, identity.Identity{}, err
+	}
+	csr, err := s.opts.CA.ParseCSR([]byte(req.GetCsr()))
+	if err != nil {
+		return nil, caller, identity.Identity{}, status.Error(codes.InvalidArgument, err.Error())
+	}
+	id := csr.Identity
+	if v, ok := req.GetMetadata().GetFields()[ImpersonatedIdentityKey]; ok {
+		imp, err := identity.Parse(v.GetStringValue())
+		if err != nil {
+			return nil, caller, id, status.Errorf(codes.InvalidArgument, "metadata %s: %v", ImpersonatedIdentityKey, err)
+		}
+		if imp != id {
+			return nil, caller, id, status.Errorf(codes.InvalidArgument, "CSR identity %s does not match the requested %s %s", id, ImpersonatedIdentityKey, imp)
+		}
+	}
+	if err := s.authorize(ctx, caller, id); err != nil {
+		return nil, caller, id, err
+	}
+	secs := req.GetValidityDuration()
+	if secs < 0 || secs > int64(math.MaxInt64/time.Second) {
+		return nil, caller, id, status.Errorf(codes.InvalidArgument, "validity_duration %d s out of range", secs)
+	}
+	issued, err := s.opts.CA.Issue(csr, time.Duration(secs)*time.Second)
+	if err != nil {
+		// The CA refuses only out-of-range TTLs; anything else is ours.
+		if secs > 0 {
+			return nil, caller, id, status.Error(codes.InvalidArgument, err.Error())
+		}
+		return nil, caller, id, status.Errorf(codes.Internal, "sign: %v", err)
+	}
+	return &pb.IstioCertificateResponse{CertChain: responseChain(issued, s.opts.CA.Roots())}, caller, id, nil
+}
+
+// responseChain is the leaf, the intermediates, then the root(s), one PEM
+// certificate per element, as Istio's CA answers (ztunnel takes the last
+// element as the root).
+func responseChain(issued *ca.Issued, roots []*x509.Certificate) []string {
+	out := make([]string, 0, len(issued.Chain)+len(roots))
+	for _, c := range issued.Chain {
+		out = append(out, string(pemutil.EncodeCertificates([]*x509.Certificate{c})))
+	}
+	for _, r := range roots {
+		out = append(out, string(pemutil.EncodeCertificates([]*x509.Certificate{r})))
+	}
+	return out
+}
+
+// authorize decides whether caller may get a certificate for id (already in
+// the CA's trust domain). Errors are gRPC status errors.
+func (s *Service) authorize(ctx context.Context, caller *auth.Caller, id identity.Identity) error {
+	if caller.Namespace == id.Namespace && caller.ServiceAccount == id.ServiceAccount {
+		return nil // its own identity
+	}
+	if !s.isNodeAgent(caller) {
+		return status.Errorf(codes.PermissionDenied, "caller %s may only request its own identity spiffe://%s/ns/%s/sa/%s, not %s",
+			caller, id.TrustDomain, caller.Namespace, caller.ServiceAccount, id)
+	}
+	if caller.NodeName == "" {
+		return status.Errorf(codes.PermissionDenied, "node agent %s presented a token not bound to a pod on a node; it may only request identities of pods on its node, so it needs a pod-bound token (projected volume or TokenRequest with boundObjectRef)", caller)
+	}
+	ok, err := s.opts.Pods.PodOnNode(ctx, caller.NodeName, id.Namespace, id.ServiceAccount)
+	if err != nil {
+		if ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		return status.Errorf(codes.Unavailable, "node authorization: %v", err)
+	}
+	if !ok {
+		return status.Errorf(codes.PermissionDenied, "node agent %s may not request %s: no running pod with service account %s/%s on node %s",
+			caller, id, id.Namespace, id.ServiceAccount, caller.NodeName)
+	}
+	return nil
+}
+
+func (s *Service) isNodeAgent(c *auth.Caller) bool {
+	for _, a := range s.opts.NodeAgents {
+		if a.Namespace == c.Namespace && a.Name == c.ServiceAccount {
+			return true
+		}
+	}
+	return false
+}
+
+// APIPodLookup answers PodOnNode by listing pods in the apiserver with
+// field selectors (served from the apiserver's watch cache). One request
+// per node-agent certificate request: certificates are requested once per
+// workload identity per node and renewed every few hours.
+type APIPodLookup struct {
+	Pods corev1client.PodsGetter
+}
+
+// PodOnNode reports whether a pod with ServiceAccount ns/sa that has not
+// terminated is bound to node.
+func (l APIPodLookup) PodOnNode(ctx context.Context, node, ns, sa string) (bool, error) {
+	sel := fields.AndSelectors(
+		fields.OneTermEqualSelector("spec.nodeName", node),
+		fields.OneTermEqualSelector("spec.serviceAccountName", sa),
+	)
+	list, err := l.Pods.Pods(ns).List(ctx, metav1.ListOptions{FieldSelector: sel.String()})
+	if err != nil {
+		return false, fmt.Errorf("list pods of %s/%s on node %s: %w", ns, sa, node, err)
+	}
+	for i := range list.Items {
+		if podCounts(&list.Items[i], node, sa) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// podCounts re-checks what the field selector asked (cheap, and it keeps a
+// misbehaving server from widening authorization) and skips terminated pods.
+func podCounts(p *corev1.Pod, node, sa string) bool {
+	return p.Spec.NodeName == node && p.Spec.ServiceAccountName == sa &&
+		p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+}

@@ -6,6 +6,11 @@
 // blocks; a debounce loop coalesces bursts and applies them to the caches,
 // from which go-control-plane sends each subscribed client only the
 // resources that changed.
+//
+// Clients are identified by the node their credential is bound to
+// (Options.Authenticate), never by the node id they claim. For the types a
+// NodeScope names, each node's clients are served from a cache of their
+// own holding only what that node needs (scope.go).
 package xds
 
 import (
@@ -40,6 +45,14 @@ type Options struct {
 	// OnPush, if set, observes each applied batch (for metrics).
 	OnPush func(PushStats)
 	Logger *slog.Logger
+	// Authenticate, if set, authenticates each stream from its context
+	// (gRPC metadata) and returns the node the caller is bound to, or ""
+	// for a caller bound to no node. An error refuses the stream; return a
+	// gRPC status error to choose its code. The node replaces whatever node
+	// id the client sends. Nil accepts every stream as bound to no node.
+	Authenticate func(ctx context.Context) (node string, err error)
+	// NodeScope, if set, narrows what node-bound clients receive.
+	NodeScope *NodeScope
 }
 
 // PushStats describes one applied batch of changes.
@@ -55,6 +68,12 @@ type Server struct {
 	log    *slog.Logger
 	caches map[string]*cache.LinearCache
 	xds    serverv3.Server
+
+	// applyMu serialises applying batches with creating node caches, so a
+	// node cache starts from a consistent view.
+	applyMu    sync.Mutex
+	nodeCaches map[nodeKey]*cache.LinearCache
+	streams    sync.Map // stream id -> bound node
 
 	mu      sync.Mutex
 	pending map[string]*pendingChanges // by type URL
@@ -86,30 +105,48 @@ func New(ctx context.Context, opts Options) *Server {
 		caches:  map[string]*cache.LinearCache{},
 		pending: map[string]*pendingChanges{},
 		kick:    make(chan struct{}, 1),
-	}
-	mux := &cache.MuxCache{
-		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
-		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
-		Caches:        map[string]cache.Cache{},
+
+		nodeCaches: map[nodeKey]*cache.LinearCache{},
 	}
 	for _, typeURL := range TypeURLs {
-		c := cache.NewLinearCache(typeURL)
-		s.caches[typeURL] = c
-		mux.Caches[typeURL] = c
+		s.caches[typeURL] = cache.NewLinearCache(typeURL)
 	}
-	s.xds = serverv3.NewServer(ctx, mux, serverv3.CallbackFuncs{
+	s.xds = serverv3.NewServer(ctx, &router{s: s}, serverv3.CallbackFuncs{
 		DeltaStreamOpenFunc: func(ctx context.Context, id int64, typeURL string) error {
+			node := ""
+			if s.opts.Authenticate != nil {
+				n, err := s.opts.Authenticate(ctx)
+				if err != nil {
+					s.log.Warn("xDS stream refused", "stream", id, "error", err)
+					return err
+				}
+				node = n
+			}
+			s.streams.Store(id, node)
 			s.clients.Add(1)
-			s.log.Debug("delta stream opened", "stream", id)
+			s.log.Debug("delta stream opened", "stream", id, "node", node)
 			return nil
 		},
 		DeltaStreamClosedFunc: func(id int64, node *core.Node) {
-			s.clients.Add(-1)
+			if _, ok := s.streams.LoadAndDelete(id); ok {
+				s.clients.Add(-1)
+			}
 			s.log.Debug("delta stream closed", "stream", id, "node", node.GetId())
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
 			if _, ok := s.caches[req.GetTypeUrl()]; !ok {
 				return fmt.Errorf("xds: type %q is not served here", req.GetTypeUrl())
+			}
+			// The node is the one the credential is bound to, whatever the
+			// client claims: it decides what the client may see.
+			bound, _ := s.streams.Load(id)
+			node, _ := bound.(string)
+			if req.Node == nil || req.Node.GetId() != node {
+				n := &core.Node{Id: node}
+				if req.Node != nil {
+					n.Cluster, n.Metadata = req.Node.GetCluster(), req.Node.GetMetadata()
+				}
+				req.Node = n
 			}
 			if d := req.GetErrorDetail(); d != nil {
 				s.log.Warn("client rejected an update", "stream", id, "node", req.GetNode().GetId(), "type", req.GetTypeUrl(), "error", d.GetMessage())
@@ -194,6 +231,8 @@ func (s *Server) Flush() {
 		return
 	}
 	stats := PushStats{Wait: time.Since(since)}
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
 	for typeURL, p := range pending {
 		deletes := make([]string, 0, len(p.deletes))
 		for name := range p.deletes {
@@ -206,6 +245,7 @@ func (s *Server) Flush() {
 		stats.Upserts += len(p.upserts)
 		stats.Deletes += len(deletes)
 	}
+	s.rescopeLocked()
 	s.log.Debug("pushed changes", "upserts", stats.Upserts, "deletes", stats.Deletes, "wait", stats.Wait)
 	if s.opts.OnPush != nil {
 		s.opts.OnPush(stats)

@@ -69,9 +69,57 @@ type PodLookup interface {
 	PodOnNode(ctx context.Context, node, ns, sa string) (bool, error)
 }
 
+// Signer signs a CSR that the service has parsed (pkg/ca's ParseCSR:
+// signature, key type, one SPIFFE URI SAN in the trust domain) and
+// authorized. CASigner (the built-in CA) is one; istiod-lite/ca/certmanager
+// has cert-manager sign.
+//
+// Sign returns the chain, leaf first, without the root(s), and the roots it
+// verifies to. ttl zero asks for the signer's default. Errors wrapping
+// ErrSignInvalid, ErrSignDenied, ErrSignFailed or ErrSignUnavailable choose
+// the gRPC status the caller gets; any other error is Internal.
+type Signer interface {
+	Sign(ctx context.Context, csr *ca.CSR, ttl time.Duration) (chain, roots []*x509.Certificate, err error)
+}
+
+// Signer error classes (see Signer).
+var (
+	// ErrSignInvalid: the request cannot be signed as asked (TTL out of
+	// range): InvalidArgument.
+	ErrSignInvalid = errors.New("invalid certificate request")
+	// ErrSignDenied: an approval policy refused the request: PermissionDenied.
+	ErrSignDenied = errors.New("certificate request denied")
+	// ErrSignFailed: the signer failed the request, or what it returned is
+	// unusable: FailedPrecondition.
+	ErrSignFailed = errors.New("certificate request failed")
+	// ErrSignUnavailable: the signer did not answer in time or could not be
+	// reached: Unavailable.
+	ErrSignUnavailable = errors.New("signer unavailable")
+)
+
+// CASigner signs with the built-in CA.
+type CASigner struct{ CA *ca.CA }
+
+// Sign issues csr with the CA. The CA refuses only out-of-range TTLs
+// (ErrSignInvalid when a TTL was asked for); anything else is internal.
+func (s CASigner) Sign(_ context.Context, csr *ca.CSR, ttl time.Duration) (chain, roots []*x509.Certificate, err error) {
+	issued, err := s.CA.Issue(csr, ttl)
+	if err != nil {
+		if ttl != 0 {
+			return nil, nil, fmt.Errorf("%w: %w", ErrSignInvalid, err)
+		}
+		return nil, nil, err
+	}
+	return issued.Chain, s.CA.Roots(), nil
+}
+
 // Options configure a Service.
 type Options struct {
-	CA            *ca.CA        // signs certificates; required
+	// CA parses and validates CSRs (its trust domain) and, unless Signer
+	// is set, signs them; required.
+	CA *ca.CA
+	// Signer signs authorized CSRs; default CASigner{CA}.
+	Signer        Signer
 	Authenticator Authenticator // required
 	// Pods answers node authorization; required (APIPodLookup asks the
 	// apiserver; an informer-backed lookup can replace it).
@@ -100,6 +148,9 @@ func NewService(opts Options) (*Service, error) {
 		return nil, errors.New("ca service: no authenticator")
 	case opts.Pods == nil:
 		return nil, errors.New("ca service: no pod lookup")
+	}
+	if opts.Signer == nil {
+		opts.Signer = CASigner{CA: opts.CA}
 	}
 	if len(opts.NodeAgents) == 0 {
 		opts.NodeAgents = DefaultNodeAgents
@@ -158,6 +209,8 @@ func outcomeOf(c codes.Code) string {
 		return "permission_denied"
 	case codes.InvalidArgument:
 		return "invalid_argument"
+	case codes.FailedPrecondition:
+		return "failed_precondition"
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
 		return "unavailable"
 	default:
@@ -191,23 +244,40 @@ func (s *Service) create(ctx context.Context, req *pb.IstioCertificateRequest) (
 	if secs < 0 || secs > int64(math.MaxInt64/time.Second) {
 		return nil, caller, id, status.Errorf(codes.InvalidArgument, "validity_duration %d s out of range", secs)
 	}
-	issued, err := s.opts.CA.Issue(csr, time.Duration(secs)*time.Second)
+	chain, roots, err := s.opts.Signer.Sign(ctx, csr, time.Duration(secs)*time.Second)
 	if err != nil {
-		// The CA refuses only out-of-range TTLs; anything else is ours.
-		if secs > 0 {
-			return nil, caller, id, status.Error(codes.InvalidArgument, err.Error())
-		}
-		return nil, caller, id, status.Errorf(codes.Internal, "sign: %v", err)
+		return nil, caller, id, signError(ctx, err)
 	}
-	return &pb.IstioCertificateResponse{CertChain: responseChain(issued, s.opts.CA.Roots())}, caller, id, nil
+	if len(chain) == 0 || len(roots) == 0 {
+		return nil, caller, id, status.Errorf(codes.Internal, "sign: signer returned %d certificates and %d roots", len(chain), len(roots))
+	}
+	return &pb.IstioCertificateResponse{CertChain: responseChain(chain, roots)}, caller, id, nil
+}
+
+// signError maps a Signer's error to the status the caller gets.
+func signError(ctx context.Context, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return status.FromContextError(ctx.Err()).Err()
+	case errors.Is(err, ErrSignInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrSignDenied):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, ErrSignFailed):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, ErrSignUnavailable):
+		return status.Error(codes.Unavailable, err.Error())
+	default:
+		return status.Errorf(codes.Internal, "sign: %v", err)
+	}
 }
 
 // responseChain is the leaf, the intermediates, then the root(s), one PEM
 // certificate per element, as Istio's CA answers (ztunnel takes the last
 // element as the root).
-func responseChain(issued *ca.Issued, roots []*x509.Certificate) []string {
-	out := make([]string, 0, len(issued.Chain)+len(roots))
-	for _, c := range issued.Chain {
+func responseChain(chain, roots []*x509.Certificate) []string {
+	out := make([]string, 0, len(chain)+len(roots))
+	for _, c := range chain {
 		out = append(out, string(pemutil.EncodeCertificates([]*x509.Certificate{c})))
 	}
 	for _, r := range roots {

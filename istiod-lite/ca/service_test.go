@@ -336,7 +336,7 @@ func TestResponseChainOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := responseChain(issued, authority.Roots())
+	out := responseChain(issued.Chain, authority.Roots())
 	if len(out) != 2 || !strings.Contains(out[0], "BEGIN CERTIFICATE") || out[1] != string(authority.RootsPEM()) {
 		t.Fatalf("chain %q: want leaf then root", out)
 	}

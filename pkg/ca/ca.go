@@ -183,6 +183,23 @@ type CSR struct {
 	request  *x509.CertificateRequest
 }
 
+// Raw returns the CSR's DER encoding as received, for signing backends that
+// forward the request to another CA (cert-manager).
+func (c *CSR) Raw() []byte {
+	if c == nil || c.request == nil {
+		return nil
+	}
+	return append([]byte(nil), c.request.Raw...)
+}
+
+// PublicKey returns the public key the certificate will certify.
+func (c *CSR) PublicKey() crypto.PublicKey {
+	if c == nil || c.request == nil {
+		return nil
+	}
+	return c.request.PublicKey
+}
+
 // ParseCSR validates a PEM or DER CSR: a good signature, an accepted key
 // type, and exactly one SAN, a SPIFFE URI in this CA's trust domain. Callers
 // authorize csr.Identity before calling Issue.

@@ -162,6 +162,33 @@ func TestIssueUsesCSRKeyAndParsedIdentity(t *testing.T) {
 	}
 }
 
+func TestCSRRawAndPublicKey(t *testing.T) {
+	t.Parallel()
+	c := newCA(t, ca.Options{})
+	key := ecKey(t)
+	pemCSR := csrPEM(t, key, &x509.CertificateRequest{URIs: []*url.URL{mustURL(t, testID)}})
+	csr, err := c.ParseCSR(pemCSR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(pemCSR)
+	raw := csr.Raw()
+	if !bytes.Equal(raw, block.Bytes) {
+		t.Fatal("Raw is not the CSR's DER")
+	}
+	raw[0] ^= 0xff // a copy: changing it leaves the CSR alone
+	if !bytes.Equal(csr.Raw(), block.Bytes) {
+		t.Fatal("Raw shares memory with the CSR")
+	}
+	if !key.PublicKey.Equal(csr.PublicKey()) {
+		t.Fatal("PublicKey is not the CSR's key")
+	}
+	var zero *ca.CSR
+	if zero.Raw() != nil || zero.PublicKey() != nil || (&ca.CSR{}).Raw() != nil {
+		t.Fatal("nil or unparsed CSR has a Raw or PublicKey")
+	}
+}
+
 func TestSignAcceptsDERAndKeyTypes(t *testing.T) {
 	t.Parallel()
 	c := newCA(t, ca.Options{})

@@ -31,6 +31,7 @@ certmanager-bin:
 	mkdir -p "$(CERTMANAGER_DIR)" || exit 1; \
 	tmp="$$(mktemp -d "$(CERTMANAGER_DIR)/.tmp.XXXXXX")" || exit 1; trap 'rm -rf "$$tmp"' EXIT; \
 	cd $(CURDIR)/tools/certmanager || exit 1; \
+	$(GO) mod download github.com/cert-manager/cert-manager || exit 1; \
 	src="$$($(GO) list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)" && [ -d "$$src/deploy/crds" ] || \
 	  { echo "certmanager-bin: cert-manager module source (deploy/crds) not found"; exit 1; }; \
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o "$$tmp/cert-manager-controller" . || exit 1; \

@@ -6,7 +6,8 @@
 // checks what came back, and deletes the request.
 //
 // RBAC for istiod-lite: create, get, watch, delete on
-// certificaterequests.cert-manager.io in Config.Namespace. Approval is
+// certificaterequests.cert-manager.io in Config.Namespace (and list for
+// DeleteStale). Approval is
 // cert-manager's business: its built-in approver approves requests for
 // cert-manager.io issuers; an external approver (approver-policy) may deny.
 package certmanager
@@ -294,6 +295,38 @@ func (s *Signer) delete(ctx context.Context, crs cmtyped.CertificateRequestInter
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		log.Warn("could not delete CertificateRequest; it stays until deleted by hand", "error", err)
 	}
+}
+
+// DeleteStale deletes the CertificateRequests this signer's kind left in
+// Config.Namespace (label ManagedByLabel=ManagedByValue) that are older than
+// olderThan: requests a crashed or restarted istiod-lite created and never
+// deleted. Call it at startup with olderThan above Config.Timeout, so that
+// another replica's requests in flight are left alone. It needs list in
+// addition to the per-request verbs. It returns how many it deleted.
+func (s *Signer) DeleteStale(ctx context.Context, olderThan time.Duration) (int, error) {
+	crs := s.requests.CertificateRequests(s.cfg.Namespace)
+	list, err := crs.List(ctx, metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedByValue})
+	if err != nil {
+		return 0, s.apiError(ctx, "list CertificateRequests", err)
+	}
+	cutoff := time.Now().Add(-olderThan)
+	n := 0
+	var errs []error
+	for i := range list.Items {
+		cr := &list.Items[i]
+		if cr.DeletionTimestamp != nil || !cr.CreationTimestamp.Time.Before(cutoff) {
+			continue
+		}
+		err := crs.Delete(ctx, cr.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &cr.UID}})
+		switch {
+		case err == nil:
+			n++
+		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+		default:
+			errs = append(errs, fmt.Errorf("delete CertificateRequest %s/%s: %w", s.cfg.Namespace, cr.Name, err))
+		}
+	}
+	return n, errors.Join(errs...)
 }
 
 // apiError wraps an apiserver error: the caller's context ending stays a

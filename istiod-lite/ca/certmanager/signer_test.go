@@ -271,6 +271,47 @@ func runApprover(t *testing.T, ctx context.Context, decide func(*cmapi.Certifica
 	return func() { w.Stop(); <-done }
 }
 
+// DeleteStale removes requests left by a crashed istiod-lite (labelled as
+// ours and old enough) and nothing else.
+func TestDeleteStale(t *testing.T) {
+	ns := suite.env.Namespace(t, "stale-")
+	ctx := ctxFor(t, 30*time.Second)
+	csr, _ := parsedCSR(t, "spiffe://cluster.local/ns/apps/sa/web")
+	mk := func(name string, labels map[string]string) {
+		cr := &cmapi.CertificateRequest{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+			Spec: cmapi.CertificateRequestSpec{
+				Request:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw()}),
+				IssuerRef: cmmeta.IssuerReference{Name: "absent"},
+			},
+		}
+		if _, err := suite.cm.CertmanagerV1().CertificateRequests(ns).Create(ctx, cr, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("ours-1", map[string]string{certmanager.ManagedByLabel: certmanager.ManagedByValue})
+	mk("ours-2", map[string]string{certmanager.ManagedByLabel: certmanager.ManagedByValue})
+	mk("someone-elses", nil)
+	s := newSigner(t, certmanager.Config{IssuerName: "absent", Namespace: ns})
+
+	// Too young: kept (another replica may be waiting for them).
+	if n, err := s.DeleteStale(ctx, time.Hour); err != nil || n != 0 {
+		t.Fatalf("DeleteStale(1h) = %d, %v; want 0", n, err)
+	}
+	time.Sleep(1100 * time.Millisecond) // creation timestamps have 1s resolution
+	n, err := s.DeleteStale(ctx, time.Second)
+	if err != nil || n != 2 {
+		t.Fatalf("DeleteStale(1s) = %d, %v; want 2", n, err)
+	}
+	list, err := suite.cm.CertmanagerV1().CertificateRequests(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 1 || list.Items[0].Name != "someone-elses" {
+		t.Errorf("left after DeleteStale: %d requests, want only someone-elses", len(list.Items))
+	}
+}
+
 func TestNewAndParseIssuerRef(t *testing.T) {
 	if _, err := certmanager.New(nil, certmanager.Config{IssuerName: "x"}); err == nil {
 		t.Error("nil client accepted")

@@ -3,19 +3,95 @@ package main
 
 import (
 	"context"
+	"flag"
+	"fmt"
 	"os"
+	"strings"
+	"time"
 
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ambit-mesh/ambit/istiod-lite/server"
 	"github.com/ambit-mesh/ambit/pkg/daemon"
 )
 
-func main() {
-	os.Exit(daemon.Main("istiod-lite", os.Args[1:], nil, run))
+var flags struct {
+	kubeconfig     string
+	namespace      string
+	trustDomain    string
+	domainSuffix   string
+	clusterID      string
+	nodeAgentSA    string
+	audiences      string
+	grpcAddr       string
+	monitoringAddr string
+	leaderElect    bool
+	debounce       time.Duration
 }
 
-// run is the component body; it serves until ctx is cancelled.
+func main() {
+	os.Exit(daemon.Main("istiod-lite", os.Args[1:], registerFlags, run))
+}
+
+func registerFlags(fs *flag.FlagSet) {
+	fs.StringVar(&flags.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
+	fs.StringVar(&flags.namespace, "namespace", envOr("POD_NAMESPACE", "istio-system"), "namespace istiod-lite runs in (root Secret, leader lease, ztunnel's ServiceAccount)")
+	fs.StringVar(&flags.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
+	fs.StringVar(&flags.domainSuffix, "domain-suffix", "cluster.local", "cluster DNS domain of Service hostnames")
+	fs.StringVar(&flags.clusterID, "cluster-id", "Kubernetes", "cluster id in workload uids")
+	fs.StringVar(&flags.nodeAgentSA, "ztunnel-service-account", "ztunnel", "ServiceAccount (in --namespace) of the node agents allowed node-scoped certificates and xDS")
+	fs.StringVar(&flags.audiences, "token-audiences", "istio-ca", "comma-separated audiences accepted on callers' ServiceAccount tokens")
+	fs.StringVar(&flags.grpcAddr, "grpc-addr", ":15012", "address of the TLS gRPC port (xDS and CA)")
+	fs.StringVar(&flags.monitoringAddr, "monitoring-addr", ":15014", "address serving /metrics and /debug/ambient; empty disables")
+	fs.BoolVar(&flags.leaderElect, "leader-elect", true, "write status and root ConfigMaps only while holding the leader lease")
+	fs.DurationVar(&flags.debounce, "debounce", 100*time.Millisecond, "quiet period before Kubernetes changes are pushed")
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
 func run(ctx context.Context, p *daemon.Process) error {
-	p.SetReady(true)
-	p.Log.Info("started")
-	<-ctx.Done()
-	return nil
+	var kube *rest.Config
+	var err error
+	if flags.kubeconfig != "" {
+		kube, err = clientcmd.BuildConfigFromFlags("", flags.kubeconfig)
+	} else {
+		kube, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("kubernetes config: %w", err)
+	}
+	kube.QPS, kube.Burst = 50, 100
+	kube.UserAgent = "istiod-lite"
+	return server.Run(ctx, server.Config{
+		Kube:                    kube,
+		Namespace:               flags.namespace,
+		TrustDomain:             flags.trustDomain,
+		DomainSuffix:            flags.domainSuffix,
+		ClusterID:               flags.clusterID,
+		NodeAgentServiceAccount: flags.nodeAgentSA,
+		TokenAudiences:          splitList(flags.audiences),
+		GRPCAddr:                flags.grpcAddr,
+		MonitoringAddr:          flags.monitoringAddr,
+		LeaderElection:          flags.leaderElect,
+		Identity:                os.Getenv("POD_NAME"),
+		Debounce:                flags.debounce,
+		Log:                     p.Log,
+		Ready:                   func() { p.SetReady(true) },
+	})
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }

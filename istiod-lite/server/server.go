@@ -1,0 +1,356 @@
+// Package server assembles istiod-lite: the Kubernetes controller feeding
+// the workload API, the delta xDS server, the mesh CA service on the same
+// TLS gRPC port, the root certificate publisher and policy status writer
+// (under leader election), metrics and the debug view.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/ambit-mesh/ambit/istiod-lite/ambient"
+	"github.com/ambit-mesh/ambit/istiod-lite/auth"
+	casvc "github.com/ambit-mesh/ambit/istiod-lite/ca"
+	"github.com/ambit-mesh/ambit/istiod-lite/controller"
+	"github.com/ambit-mesh/ambit/istiod-lite/debug"
+	"github.com/ambit-mesh/ambit/istiod-lite/xds"
+	"github.com/ambit-mesh/ambit/pkg/ca"
+	"github.com/ambit-mesh/ambit/pkg/metrics"
+)
+
+// Config is istiod-lite's configuration.
+type Config struct {
+	// Kube is the apiserver connection.
+	Kube *rest.Config
+	// Namespace is where istiod-lite runs: the root Secret, the leader
+	// lease and the node agents' ServiceAccount live there.
+	Namespace string
+	// TrustDomain of workload identities; default cluster.local.
+	TrustDomain string
+	// DomainSuffix of Service hostnames; default cluster.local.
+	DomainSuffix string
+	// ClusterID prefixes workload uids; default Kubernetes.
+	ClusterID string
+	// NodeAgentServiceAccount is ztunnel's ServiceAccount in Namespace.
+	NodeAgentServiceAccount string
+	// TokenAudiences accepted on callers' tokens; default istio-ca.
+	TokenAudiences []string
+	// GRPCListener serves xDS and the CA (TLS); GRPCAddr is used when nil.
+	GRPCListener net.Listener
+	GRPCAddr     string
+	// MonitoringAddr serves /metrics and /debug/ambient; empty disables.
+	MonitoringAddr string
+	// ServingDNSNames of the gRPC certificate; default ca.DefaultServingDNSNames.
+	ServingDNSNames []string
+	// LeaderElection makes only the lease holder write (root ConfigMaps,
+	// policy status); off runs the writers in this process unconditionally.
+	LeaderElection bool
+	// Identity of this replica in the lease; default the hostname.
+	Identity string
+	// Debounce of xDS pushes; default 100ms.
+	Debounce time.Duration
+	Log      *slog.Logger
+	// Ready, if set, is called once istiod-lite serves a complete view.
+	Ready func()
+}
+
+func (c *Config) defaults() error {
+	if c.Kube == nil {
+		return errors.New("istiod-lite: no Kubernetes config")
+	}
+	if c.Namespace == "" {
+		c.Namespace = casvc.DefaultInstallNamespace
+	}
+	if c.NodeAgentServiceAccount == "" {
+		c.NodeAgentServiceAccount = "ztunnel"
+	}
+	if len(c.TokenAudiences) == 0 {
+		c.TokenAudiences = []string{auth.DefaultAudience}
+	}
+	if c.GRPCListener == nil && c.GRPCAddr == "" {
+		c.GRPCAddr = ":15012"
+	}
+	if c.Identity == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("istiod-lite: hostname for the leader lease: %w", err)
+		}
+		c.Identity = h
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return nil
+}
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.defaults(); err != nil {
+		return err
+	}
+	log := cfg.Log
+	kube, err := kubernetes.NewForConfig(cfg.Kube)
+	if err != nil {
+		return fmt.Errorf("istiod-lite: kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg.Kube)
+	if err != nil {
+		return fmt.Errorf("istiod-lite: dynamic client: %w", err)
+	}
+	prov, err := metrics.New()
+	if err != nil {
+		return fmt.Errorf("istiod-lite: metrics: %w", err)
+	}
+	meter := prov.Meter("istiod-lite")
+
+	// The root first: every replica loads the same one (or one creates it).
+	authority, _, err := casvc.LoadOrCreateRoot(ctx, kube.CoreV1(), casvc.RootOptions{
+		Namespace: cfg.Namespace, CA: ca.Options{TrustDomain: cfg.TrustDomain}, Log: log,
+	})
+	if err != nil {
+		return fmt.Errorf("istiod-lite: %w", err)
+	}
+	authn := auth.New(kube.AuthenticationV1(), cfg.TokenAudiences...)
+	certs, err := casvc.NewService(casvc.Options{
+		CA:            authority,
+		Authenticator: authn,
+		Pods:          casvc.APIPodLookup{Pods: kube.CoreV1()},
+		NodeAgents:    []casvc.ServiceAccountRef{{Namespace: cfg.Namespace, Name: cfg.NodeAgentServiceAccount}},
+		Log:           log.With("component", "ca"),
+		Meter:         meter,
+	})
+	if err != nil {
+		return fmt.Errorf("istiod-lite: %w", err)
+	}
+
+	pushMetrics, err := newPushMetrics(meter)
+	if err != nil {
+		return err
+	}
+	xdsServer := xds.New(ctx, xds.Options{
+		Debounce:     cfg.Debounce,
+		OnPush:       pushMetrics.observe,
+		Logger:       log,
+		Authenticate: nodeOf(authn, cfg.Namespace, cfg.NodeAgentServiceAccount),
+		NodeScope:    controller.AuthorizationScope,
+	})
+	if err := pushMetrics.observeClients(meter, xdsServer); err != nil {
+		return err
+	}
+
+	index := ambient.NewIndex(ambient.Options{
+		RootNamespace: cfg.Namespace, DomainSuffix: cfg.DomainSuffix, TrustDomain: authority.TrustDomain(), ClusterID: cfg.ClusterID,
+	})
+	status := controller.NewStatusWriter(kube, dyn, index, log)
+	defer status.Close()
+	ctrl, err := controller.New(controller.Options{Kube: kube, Dynamic: dyn, Index: index, Sink: xdsServer, Policies: status, Log: log})
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	wg.Go(func() { xdsServer.Run(ctx) })
+	wg.Go(func() {
+		if err := ctrl.Run(ctx); err != nil {
+			errc <- err
+		}
+	})
+
+	if cfg.MonitoringAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", prov.Handler())
+		mux.Handle("/debug/ambient", debug.Handler(xdsServer, status.Problems))
+		hs := &http.Server{Addr: cfg.MonitoringAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		ln, err := net.Listen("tcp", cfg.MonitoringAddr)
+		if err != nil {
+			return fmt.Errorf("istiod-lite: monitoring listener: %w", err)
+		}
+		wg.Go(func() { _ = hs.Serve(ln) })
+		wg.Go(func() {
+			<-ctx.Done()
+			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer scancel()
+			_ = hs.Shutdown(sctx)
+		})
+	}
+
+	// Serve nothing until the view is complete: a ztunnel that got half
+	// the workloads would refuse or misroute traffic.
+	select {
+	case <-ctrl.Synced():
+	case err := <-errc:
+		cancel()
+		wg.Wait()
+		return err
+	case <-ctx.Done():
+		wg.Wait()
+		return nil
+	}
+	xdsServer.Flush()
+
+	tlsConf, err := casvc.ServingTLSConfig(authority, cfg.ServingDNSNames)
+	if err != nil {
+		return fmt.Errorf("istiod-lite: %w", err)
+	}
+	grpcServer := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxConcurrentStreams(1000),
+	)
+	xdsServer.Register(grpcServer)
+	certs.Register(grpcServer)
+	ln := cfg.GRPCListener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+			return fmt.Errorf("istiod-lite: gRPC listener: %w", err)
+		}
+	}
+	wg.Go(func() {
+		if err := grpcServer.Serve(ln); err != nil {
+			errc <- fmt.Errorf("istiod-lite: gRPC: %w", err)
+		}
+	})
+	log.Info("serving", "grpc", ln.Addr().String(), "trustDomain", authority.TrustDomain())
+
+	writers := func(ctx context.Context) {
+		pub := casvc.NewPublisher(kube, authority.RootsPEM(), log.With("component", "root-publisher"))
+		var w sync.WaitGroup
+		w.Go(func() {
+			if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("root publisher stopped", "error", err)
+			}
+		})
+		w.Go(func() { status.Run(ctx) })
+		w.Wait()
+	}
+	if cfg.LeaderElection {
+		wg.Go(func() { runElected(ctx, kube, cfg, writers) })
+	} else {
+		wg.Go(func() { writers(ctx) })
+	}
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	// Drain: stop taking streams, let unary CA calls finish.
+	stopped := make(chan struct{})
+	go func() { grpcServer.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		grpcServer.Stop()
+	}
+	cancel()
+	wg.Wait()
+	return runErr
+}
+
+// nodeOf authenticates an xDS stream: the node agent's token names its
+// node; other callers get the unscoped view.
+func nodeOf(authn *auth.Authenticator, ns, sa string) func(ctx context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		c, err := authn.AuthenticateGRPC(ctx)
+		if err != nil {
+			return "", err
+		}
+		if c.Namespace == ns && c.ServiceAccount == sa {
+			return c.NodeName, nil
+		}
+		return "", nil
+	}
+}
+
+// runElected runs fn while this replica holds the lease, campaigning again
+// after losing it, until ctx ends.
+func runElected(ctx context.Context, kube kubernetes.Interface, cfg Config, fn func(context.Context)) {
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Name: "istiod-lite-leader", Namespace: cfg.Namespace},
+		Client:     kube.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.Identity},
+	}
+	for ctx.Err() == nil {
+		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+			Lock:            lock,
+			LeaseDuration:   15 * time.Second,
+			RenewDeadline:   10 * time.Second,
+			RetryPeriod:     2 * time.Second,
+			ReleaseOnCancel: true,
+			Name:            "istiod-lite",
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: fn,
+				OnStoppedLeading: func() { cfg.Log.Info("not leading: status and root ConfigMap writers stopped") },
+				OnNewLeader: func(id string) {
+					if id != cfg.Identity {
+						cfg.Log.Info("leader", "identity", id)
+					}
+				},
+			},
+		})
+	}
+}
+
+// pushMetrics are the xDS metrics, under Istio's names.
+type pushMetrics struct {
+	pushes      metric.Int64Counter
+	convergence metric.Float64Histogram
+}
+
+func newPushMetrics(m metric.Meter) (*pushMetrics, error) {
+	pushes, err := m.Int64Counter("pilot_xds_pushes", metric.WithDescription("Resources pushed to xDS clients' caches, by type of change."))
+	if err != nil {
+		return nil, fmt.Errorf("istiod-lite: metric: %w", err)
+	}
+	conv, err := m.Float64Histogram("pilot_proxy_convergence_time", metric.WithUnit("s"),
+		metric.WithDescription("Delay between a Kubernetes change and its push to the xDS caches."),
+		metric.WithExplicitBucketBoundaries(0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10))
+	if err != nil {
+		return nil, fmt.Errorf("istiod-lite: metric: %w", err)
+	}
+	return &pushMetrics{pushes: pushes, convergence: conv}, nil
+}
+
+func (p *pushMetrics) observe(s xds.PushStats) {
+	ctx := context.Background()
+	p.pushes.Add(ctx, int64(s.Upserts), metric.WithAttributes(attrType("upsert")))
+	p.pushes.Add(ctx, int64(s.Deletes), metric.WithAttributes(attrType("delete")))
+	p.convergence.Record(ctx, s.Wait.Seconds())
+}
+
+func (p *pushMetrics) observeClients(m metric.Meter, s *xds.Server) error {
+	_, err := m.Int64ObservableGauge("pilot_xds", metric.WithDescription("Connected xDS clients."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(s.Clients())
+			return nil
+		}))
+	if err != nil {
+		return fmt.Errorf("istiod-lite: metric: %w", err)
+	}
+	return nil
+}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambit-mesh/ambit/istiod-lite/ca/certmanager"
 	"github.com/ambit-mesh/ambit/istiod-lite/server"
 	"github.com/ambit-mesh/ambit/pkg/daemon"
 )
@@ -28,6 +29,9 @@ var flags struct {
 	monitoringAddr string
 	leaderElect    bool
 	debounce       time.Duration
+	cmIssuer       string
+	cmNamespace    string
+	cmTimeout      time.Duration
 }
 
 func main() {
@@ -45,6 +49,9 @@ func registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&flags.grpcAddr, "grpc-addr", ":15012", "address of the TLS gRPC port (xDS and CA)")
 	fs.StringVar(&flags.monitoringAddr, "monitoring-addr", ":15014", "address serving /metrics and /debug/ambient; empty disables")
 	fs.BoolVar(&flags.leaderElect, "leader-elect", true, "write status and root ConfigMaps only while holding the leader lease")
+	fs.StringVar(&flags.cmIssuer, "cert-manager-issuer", "", "have cert-manager sign workload certificates with this issuer: Issuer/<name>, ClusterIssuer/<name> or <Kind>.<group>/<name>; empty uses the built-in root")
+	fs.StringVar(&flags.cmNamespace, "cert-manager-namespace", "", "namespace of the CertificateRequests (and of an Issuer); default --namespace")
+	fs.DurationVar(&flags.cmTimeout, "cert-manager-timeout", 20*time.Second, "how long one certificate may take cert-manager to sign")
 	fs.DurationVar(&flags.debounce, "debounce", 100*time.Millisecond, "quiet period before Kubernetes changes are pushed")
 }
 
@@ -68,7 +75,18 @@ func run(ctx context.Context, p *daemon.Process) error {
 	}
 	kube.QPS, kube.Burst = 50, 100
 	kube.UserAgent = "istiod-lite"
+	var cm *certmanager.Config
+	if flags.cmIssuer != "" {
+		cm = &certmanager.Config{Namespace: flags.cmNamespace, Timeout: flags.cmTimeout}
+		if cm.Namespace == "" {
+			cm.Namespace = flags.namespace
+		}
+		if err := certmanager.ParseIssuerRef(flags.cmIssuer, cm); err != nil {
+			return fmt.Errorf("--cert-manager-issuer: %w", err)
+		}
+	}
 	return server.Run(ctx, server.Config{
+		CertManager:             cm,
 		Kube:                    kube,
 		Namespace:               flags.namespace,
 		TrustDomain:             flags.trustDomain,

@@ -5,6 +5,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -29,11 +30,15 @@ import (
 	"github.com/ambit-mesh/ambit/istiod-lite/ambient"
 	"github.com/ambit-mesh/ambit/istiod-lite/auth"
 	casvc "github.com/ambit-mesh/ambit/istiod-lite/ca"
+	"github.com/ambit-mesh/ambit/istiod-lite/ca/certmanager"
 	"github.com/ambit-mesh/ambit/istiod-lite/controller"
 	"github.com/ambit-mesh/ambit/istiod-lite/debug"
 	"github.com/ambit-mesh/ambit/istiod-lite/xds"
 	"github.com/ambit-mesh/ambit/pkg/ca"
+	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/metrics"
+	"github.com/ambit-mesh/ambit/pkg/pemutil"
+	"github.com/ambit-mesh/ambit/pkg/workloadcert"
 )
 
 // Config is istiod-lite's configuration.
@@ -65,6 +70,10 @@ type Config struct {
 	LeaderElection bool
 	// Identity of this replica in the lease; default the hostname.
 	Identity string
+	// CertManager, if set, has cert-manager sign workload certificates
+	// instead of the built-in root (which still signs istiod-lite's own
+	// serving certificate).
+	CertManager *certmanager.Config
 	// Debounce of xDS pushes; default 100ms.
 	Debounce time.Duration
 	Log      *slog.Logger
@@ -129,7 +138,30 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("istiod-lite: %w", err)
 	}
 	authn := auth.New(kube.AuthenticationV1(), cfg.TokenAudiences...)
+	// What workloads and ztunnels trust: the built-in root (it signs the
+	// control plane's serving certificate) and, with cert-manager, the
+	// issuer's CA (it signs workloads).
+	trustPEM := authority.RootsPEM()
+	var signer casvc.Signer
+	if cfg.CertManager != nil {
+		cm := *cfg.CertManager
+		if cm.Log == nil {
+			cm.Log = log.With("component", "cert-manager")
+		}
+		cmSigner, err := certmanager.NewForConfig(cfg.Kube, cm)
+		if err != nil {
+			return fmt.Errorf("istiod-lite: cert-manager: %w", err)
+		}
+		issuerRoots, err := probeIssuerRoots(ctx, authority, cmSigner, cfg.Namespace)
+		if err != nil {
+			return fmt.Errorf("istiod-lite: cert-manager issuer %s/%s: %w", cm.IssuerKind, cm.IssuerName, err)
+		}
+		trustPEM = append(bytes.Clone(trustPEM), issuerRoots...)
+		signer = cmSigner
+		log.Info("workload certificates signed by cert-manager", "issuerKind", cm.IssuerKind, "issuer", cm.IssuerName)
+	}
 	certs, err := casvc.NewService(casvc.Options{
+		Signer:        signer,
 		CA:            authority,
 		Authenticator: authn,
 		Pods:          casvc.APIPodLookup{Pods: kube.CoreV1()},
@@ -235,7 +267,7 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("serving", "grpc", ln.Addr().String(), "trustDomain", authority.TrustDomain())
 
 	writers := func(ctx context.Context) {
-		pub := casvc.NewPublisher(kube, authority.RootsPEM(), log.With("component", "root-publisher"))
+		pub := casvc.NewPublisher(kube, trustPEM, log.With("component", "root-publisher"))
 		var w sync.WaitGroup
 		w.Go(func() {
 			if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
@@ -270,6 +302,38 @@ func Run(ctx context.Context, cfg Config) error {
 	cancel()
 	wg.Wait()
 	return runErr
+}
+
+// probeIssuerRoots has the issuer sign a short-lived certificate for
+// istiod-lite's own identity, which proves the issuer works before any
+// workload depends on it, and returns the roots it chains to.
+func probeIssuerRoots(ctx context.Context, authority *ca.CA, signer casvc.Signer, ns string) ([]byte, error) {
+	id, err := identity.New(authority.TrustDomain(), ns, "istiod-lite")
+	if err != nil {
+		return nil, err
+	}
+	key, err := workloadcert.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csrPEM, err := workloadcert.NewCSR(key, id)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := authority.ParseCSR(csrPEM)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	_, roots, err := signer.Sign(ctx, csr, time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("probe signing: %w", err)
+	}
+	if len(roots) == 0 {
+		return nil, errors.New("probe signing: the issuer reported no CA; configure its roots")
+	}
+	return pemutil.EncodeCertificates(roots), nil
 }
 
 // nodeOf authenticates an xDS stream: the node agent's token names its

@@ -33,7 +33,9 @@ import (
 
 	workloadv1 "github.com/ambit-mesh/ambit/apis/workload/v1"
 	"github.com/ambit-mesh/ambit/istiod-lite/auth"
+	casvc "github.com/ambit-mesh/ambit/istiod-lite/ca"
 	"github.com/ambit-mesh/ambit/istiod-lite/controller"
+	"github.com/ambit-mesh/ambit/pkg/ca"
 	"github.com/ambit-mesh/ambit/pkg/kubetest"
 	"github.com/ambit-mesh/ambit/pkg/xdsclient"
 )
@@ -508,4 +510,21 @@ func waitRootConfigMap(t *testing.T, env *kubetest.Env, ns string) []byte {
 		return len(root) > 0
 	})
 	return root
+}
+
+// The issuer probe returns the roots the issuer's certificates chain to
+// (here the built-in CA as the issuer; the cert-manager signer is tested
+// against the real cert-manager in istiod-lite/ca/certmanager).
+func TestProbeIssuerRoots(t *testing.T) {
+	authority, err := ca.NewSelfSigned(ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := probeIssuerRoots(context.Background(), authority, casvc.CASigner{CA: authority}, "istio-system")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(roots) != string(authority.RootsPEM()) {
+		t.Errorf("probe returned %q, want the issuer's root", roots)
+	}
 }

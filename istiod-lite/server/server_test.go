@@ -30,6 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 
 	workloadv1 "github.com/ambit-mesh/ambit/apis/workload/v1"
 	"github.com/ambit-mesh/ambit/istiod-lite/auth"
@@ -86,7 +87,7 @@ func startIstiod(t *testing.T, env *kubetest.Env, ns string) *istiod {
 	monitor := freeAddr(t)
 	go func() {
 		done <- Run(ctx, Config{
-			Kube: env.RESTConfig(), Namespace: ns, GRPCListener: ln, MonitoringAddr: monitor,
+			Kube: asServiceAccount(env, ns, "istiod-lite"), Namespace: ns, GRPCListener: ln, MonitoringAddr: monitor,
 			LeaderElection: true, Identity: "test-" + ln.Addr().String(),
 			Debounce: 20 * time.Millisecond, Log: testLog(), Ready: func() { close(ready) },
 		})
@@ -111,6 +112,17 @@ func startIstiod(t *testing.T, env *kubetest.Env, ns string) *istiod {
 	}
 	t.Cleanup(stop)
 	return &istiod{addr: ln.Addr().String(), monitor: monitor, stop: stop}
+}
+
+// asServiceAccount is the admin config impersonating ns/sa, as the pod
+// would authenticate.
+func asServiceAccount(env *kubetest.Env, ns, sa string) *rest.Config {
+	c := env.RESTConfig()
+	c.Impersonate = rest.ImpersonationConfig{
+		UserName: "system:serviceaccount:" + ns + ":" + sa,
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+	}
+	return c
 }
 
 // bearer sends a ServiceAccount token with every RPC, as ztunnel does.
@@ -310,16 +322,23 @@ func policyCondition(t *testing.T, dyn dynamic.Interface, ns, name string) map[s
 func TestIstiodLite(t *testing.T) {
 	env := kubetest.Shared(t)
 	ctx := context.Background()
+	// The install manifests' CRDs, namespace, ServiceAccount and RBAC:
+	// istiod-lite runs as that ServiceAccount below, so the test proves the
+	// least-privilege RBAC is enough.
+	m := filepath.Join(repoRoot(t), "manifests")
 	if err := env.ApplyFiles(ctx,
-		filepath.Join(repoRoot(t), "manifests", "crds", "authorizationpolicies.security.istio.io.yaml"),
-		filepath.Join(repoRoot(t), "manifests", "crds", "peerauthentications.security.istio.io.yaml")); err != nil {
+		filepath.Join(m, "crds", "authorizationpolicies.security.istio.io.yaml"),
+		filepath.Join(m, "crds", "peerauthentications.security.istio.io.yaml"),
+		filepath.Join(m, "istiod-lite", "namespace.yaml"),
+		filepath.Join(m, "istiod-lite", "serviceaccount.yaml"),
+		filepath.Join(m, "istiod-lite", "rbac.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	dyn, err := dynamic.NewForConfig(env.RESTConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	sys := env.Namespace(t, "sys-")
+	sys := "istio-system"
 	apps := env.Namespace(t, "apps-")
 	nsObj, err := env.Client.CoreV1().Namespaces().Get(ctx, apps, metav1.GetOptions{})
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/ambit-mesh/ambit/istiod-lite/ca/certmanager"
 	"github.com/ambit-mesh/ambit/istiod-lite/server"
@@ -73,6 +74,7 @@ func run(ctx context.Context, p *daemon.Process) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes config: %w", err)
 	}
+	klog.SetSlogLogger(p.Log) // client-go's own logs in our format
 	kube.QPS, kube.Burst = 50, 100
 	kube.UserAgent = "istiod-lite"
 	var cm *certmanager.Config

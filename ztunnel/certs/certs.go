@@ -1,0 +1,168 @@
+// Package certs gives ztunnel one certificate per identity of the pods on
+// its node: requested from istiod-lite's CA (Istio's CreateCertificate)
+// with the ztunnel's own ServiceAccount token, renewed at half-life, and
+// dropped when the last pod of that identity leaves the node.
+package certs
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	pb "istio.io/api/security/v1alpha1"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/pemutil"
+	"github.com/ambit-mesh/ambit/pkg/workloadcert"
+)
+
+// ImpersonatedIdentityKey names, in the request metadata, the identity a
+// node agent asks for (as Istio's ztunnel sends it).
+const ImpersonatedIdentityKey = "ImpersonatedIdentity"
+
+// CAClient signs CSRs through the CA service on conn, whose per-RPC
+// credentials carry the ztunnel's token.
+type CAClient struct {
+	client pb.IstioCertificateServiceClient
+	// Timeout bounds one request; default 30s.
+	Timeout time.Duration
+}
+
+// NewCAClient returns a client of the CA service on conn.
+func NewCAClient(conn grpc.ClientConnInterface) *CAClient {
+	return &CAClient{client: pb.NewIstioCertificateServiceClient(conn), Timeout: 30 * time.Second}
+}
+
+// signerFor binds the impersonated identity to each request.
+type signerFor struct {
+	c  *CAClient
+	id identity.Identity
+}
+
+// SignCSR implements workloadcert.Signer.
+func (s signerFor) SignCSR(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]*x509.Certificate, error) {
+	md, err := structpb.NewStruct(map[string]any{ImpersonatedIdentityKey: s.id.String()})
+	if err != nil {
+		return nil, fmt.Errorf("request metadata: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.c.Timeout)
+	defer cancel()
+	resp, err := s.c.client.CreateCertificate(ctx, &pb.IstioCertificateRequest{
+		Csr: string(csrPEM), ValidityDuration: int64(ttl / time.Second), Metadata: md,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("CreateCertificate for %s: %w", s.id, err)
+	}
+	chain := resp.GetCertChain()
+	if len(chain) < 2 {
+		return nil, fmt.Errorf("CreateCertificate for %s: %d certificates in the answer, want leaf and root", s.id, len(chain))
+	}
+	// The last element is the root; the rest is leaf first.
+	var certs []*x509.Certificate
+	for i, p := range chain[:len(chain)-1] {
+		cs, err := pemutil.ParseCertificates([]byte(p))
+		if err != nil || len(cs) == 0 {
+			return nil, fmt.Errorf("CreateCertificate for %s: element %d: %v", s.id, i, err)
+		}
+		certs = append(certs, cs...)
+	}
+	return certs, nil
+}
+
+// Manager holds the certificates of the identities in use on the node.
+type Manager struct {
+	ca  *CAClient
+	ttl time.Duration
+	log *slog.Logger
+	ctx context.Context
+
+	mu   sync.Mutex
+	byID map[identity.Identity]*entry
+}
+
+type entry struct {
+	src    *workloadcert.Source
+	refs   int
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// NewManager returns a manager whose sources run until ctx ends. ttl is the
+// requested lifetime (zero lets the CA decide).
+func NewManager(ctx context.Context, ca *CAClient, ttl time.Duration, log *slog.Logger) *Manager {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Manager{ca: ca, ttl: ttl, log: log, ctx: ctx, byID: map[identity.Identity]*entry{}}
+}
+
+// Acquire returns the certificate source of id, starting it for the first
+// user, and waits until it holds a certificate (or ctx ends). Every
+// successful Acquire must be paired with a Release.
+func (m *Manager) Acquire(ctx context.Context, id identity.Identity) (*workloadcert.Source, error) {
+	m.mu.Lock()
+	e, ok := m.byID[id]
+	if !ok {
+		sctx, cancel := context.WithCancel(m.ctx)
+		e = &entry{
+			src:    workloadcert.NewSource(id, signerFor{c: m.ca, id: id}, workloadcert.Options{TTL: m.ttl, Logger: m.log.With("identity", id.String())}),
+			cancel: cancel,
+			done:   make(chan struct{}),
+		}
+		m.byID[id] = e
+		go func() {
+			defer close(e.done)
+			if err := e.src.Run(sctx); err != nil && !errors.Is(err, context.Canceled) {
+				m.log.Error("certificate source stopped", "identity", id.String(), "error", err)
+			}
+		}()
+		m.log.Info("requesting certificate", "identity", id.String())
+	}
+	e.refs++
+	m.mu.Unlock()
+	select {
+	case <-e.src.Ready():
+		return e.src, nil
+	case <-ctx.Done():
+		m.Release(id)
+		return nil, fmt.Errorf("certificate for %s: %w", id, ctx.Err())
+	}
+}
+
+// Release drops one use of id; the last drops its certificate.
+func (m *Manager) Release(id identity.Identity) {
+	m.mu.Lock()
+	e, ok := m.byID[id]
+	if !ok {
+		m.mu.Unlock()
+		return
+	}
+	e.refs--
+	if e.refs > 0 {
+		m.mu.Unlock()
+		return
+	}
+	delete(m.byID, id)
+	m.mu.Unlock()
+	e.cancel()
+	<-e.done
+	m.log.Info("certificate dropped: no pod of this identity left on the node", "identity", id.String())
+}
+
+// Identities lists the identities held, for debug views and tests.
+func (m *Manager) Identities() []identity.Identity {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]identity.Identity, 0, len(m.byID))
+	for id := range m.byID {
+		out = append(out, id)
+	}
+	return out
+}

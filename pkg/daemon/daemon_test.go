@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/pkg/kubetest"
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -91,7 +93,11 @@ func TestComponentsStartServeHealthAndStopOnSIGTERM(t *testing.T) {
 			if out, err := build.CombinedOutput(); err != nil {
 				t.Fatalf("build: %v\n%s", err, out)
 			}
-			cmd := exec.Command(bin, "--health-addr", "127.0.0.1:0", "--log-format", "text")
+			args := []string{"--health-addr", "127.0.0.1:0", "--log-format", "text"}
+			if component == "istiod-lite" {
+				args = append(args, istiodLiteArgs(t)...)
+			}
+			cmd := exec.Command(bin, args...)
 			stderr, err := cmd.StderrPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -132,6 +138,19 @@ func TestComponentsStartServeHealthAndStopOnSIGTERM(t *testing.T) {
 			}
 		})
 	}
+}
+
+// istiodLiteArgs gives istiod-lite a real control plane to watch: its own
+// kube-apiserver with the CRDs it needs, and loopback ports.
+func istiodLiteArgs(t *testing.T) []string {
+	env := kubetest.New(t, kubetest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	crds := filepath.Join("..", "..", "manifests", "crds")
+	if err := env.ApplyFiles(ctx, filepath.Join(crds, "authorizationpolicies.security.istio.io.yaml"), filepath.Join(crds, "peerauthentications.security.istio.io.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"--kubeconfig", env.Kubeconfig, "--namespace", "default", "--grpc-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0", "--leader-elect=false"}
 }
 
 func waitOK(t *testing.T, url string) {

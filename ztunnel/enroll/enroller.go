@@ -24,11 +24,12 @@ type EnrollerOptions struct {
 	// listeners use its ports and mark.
 	Capture *capture.Config
 	// OnEnrolled is called once per enrollment, after the pod's rules and
-	// listeners are in place, with the listeners, which the proxy serves.
-	// They stay owned by the Enroller, which closes them on release. It runs
+	// listeners are in place, with the pod's namespace (for dialing from
+	// inside it) and the listeners, which the proxy serves. Both stay owned
+	// by the Enroller, which closes them after OnReleased. It runs
 	// while the pod's entry is locked: it must not block for long, nor call
 	// back into the Enroller for the same pod.
-	OnEnrolled func(pod Pod, lns *inpod.Listeners)
+	OnEnrolled func(pod Pod, ns *podns.NS, lns *inpod.Listeners)
 	// OnReleased is called when a pod's listeners are about to be closed: on
 	// Release (after its rules are removed) and on Close (rules kept). Same
 	// constraints as OnEnrolled.
@@ -257,7 +258,7 @@ func (e *Enroller) enrollLocked(ctx context.Context, pod Pod, old *entry) error 
 	e.mu.Unlock()
 	e.log.Info("pod enrolled", "pod", pod.PodRef.String(), "netns", pod.Netns, "ips", pod.IPs, "adopted_rules", adopted)
 	if e.opts.OnEnrolled != nil {
-		e.opts.OnEnrolled(pod, lns)
+		e.opts.OnEnrolled(pod, ns, lns)
 	}
 	return nil
 }

@@ -108,7 +108,7 @@ func newRecorder(t *testing.T) *recorder {
 func (r *recorder) opts(t *testing.T) enroll.EnrollerOptions {
 	return enroll.EnrollerOptions{
 		Log: testLog(t),
-		OnEnrolled: func(p enroll.Pod, lns *inpod.Listeners) {
+		OnEnrolled: func(p enroll.Pod, _ *podns.NS, lns *inpod.Listeners) {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			r.enrolled[p.Key()] = lns

@@ -61,9 +61,12 @@ build_base() {
 build_ambit() {
 	log "building ambit component images (ambit/<name>:$AMBIT_IMAGE_TAG) from $REPO_DIR"
 	mkdir -p "$AMBIT_DIR/bin"
-	(cd "$REPO_DIR" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$AMBIT_DIR/bin/" ./ztunnel ./waypoint ./istiod-lite)
+	(cd "$REPO_DIR" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$AMBIT_DIR/bin/" ./ztunnel ./waypoint ./istiod-lite ./ztunnel/cni/cmd/ambit-cni)
 	for c in ztunnel waypoint istiod-lite; do
-		"$MKIMAGE" -o "$AMBIT_DIR/$c.tar" -t "ambit/$c:$AMBIT_IMAGE_TAG" -f "$AMBIT_DIR/bin/$c=/usr/local/bin/$c" -entrypoint "/usr/local/bin/$c" >/dev/null
+		local extra=()
+		# ztunnel installs the CNI plugin on its node from its own image.
+		[[ $c == ztunnel ]] && extra=(-f "$AMBIT_DIR/bin/ambit-cni=/usr/local/bin/ambit-cni")
+		"$MKIMAGE" -o "$AMBIT_DIR/$c.tar" -t "ambit/$c:$AMBIT_IMAGE_TAG" -f "$AMBIT_DIR/bin/$c=/usr/local/bin/$c" "${extra[@]}" -entrypoint "/usr/local/bin/$c" >/dev/null
 	done
 }
 

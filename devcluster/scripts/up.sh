@@ -154,7 +154,10 @@ for ((n = 1; n <= NODES; n++)); do
 	ip=$(node_ip "$n")
 	nd=$STATE_DIR/n$n
 	rd=$RUN_DIR/n$n
-	mkdir -p "$nd/cni" "$nd/pod-logs" "$rd"
+	mkdir -p "$nd/cni" "$nd/pod-logs" "$rd" "$STATE_DIR/nodes"
+	# nodes/<node name> -> nN: how a DaemonSet pod, which knows only its
+	# node's name, finds that node's directory (manifests/devcluster).
+	ln -sfn "../n$n" "$STATE_DIR/nodes/$name"
 	log "starting node $name ($ip): containerd, kubelet, kube-proxy"
 
 	# Pod cgroups live under /ambit-nN in every cgroup v1 hierarchy, so

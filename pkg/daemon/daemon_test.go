@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambit-mesh/ambit/pkg/ca"
 	"github.com/ambit-mesh/ambit/pkg/kubetest"
 )
 
@@ -94,8 +96,11 @@ func TestComponentsStartServeHealthAndStopOnSIGTERM(t *testing.T) {
 				t.Fatalf("build: %v\n%s", err, out)
 			}
 			args := []string{"--health-addr", "127.0.0.1:0", "--log-format", "text"}
-			if component == "istiod-lite" {
+			switch component {
+			case "istiod-lite":
 				args = append(args, istiodLiteArgs(t)...)
+			case "ztunnel":
+				args = append(args, ztunnelArgs(t)...)
 			}
 			cmd := exec.Command(bin, args...)
 			stderr, err := cmd.StderrPipe()
@@ -151,6 +156,28 @@ func istiodLiteArgs(t *testing.T) []string {
 		t.Fatal(err)
 	}
 	return []string{"--kubeconfig", env.Kubeconfig, "--namespace", "default", "--grpc-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0", "--leader-elect=false"}
+}
+
+// ztunnelArgs gives ztunnel a kube-apiserver to watch, a root and a token
+// file, a CNI socket of its own, and a control plane address that is not
+// there (ztunnel serves enrollment without it and keeps retrying).
+func ztunnelArgs(t *testing.T) []string {
+	env := kubetest.New(t, kubetest.Options{})
+	dir := t.TempDir()
+	authority, err := ca.NewSelfSigned(ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, token := filepath.Join(dir, "root-cert.pem"), filepath.Join(dir, "token")
+	if err := os.WriteFile(root, authority.RootsPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(token, []byte("not-a-real-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"--kubeconfig", env.Kubeconfig, "--node-name", "node-a", "--control-plane", "127.0.0.1:1",
+		"--root-cert", root, "--token", token, "--cni-socket", filepath.Join(dir, "run", "ztunnel.sock"),
+		"--cni-state-file", filepath.Join(dir, "run", "ambient-namespaces.json"), "--monitoring-addr", "127.0.0.1:0"}
 }
 
 func waitOK(t *testing.T, url string) {

@@ -73,7 +73,7 @@ func newNode(t *testing.T, serve bool) *node {
 	var err error
 	n.enroller, err = enroll.NewEnroller(enroll.EnrollerOptions{
 		Log: testLog(t),
-		OnEnrolled: func(p enroll.Pod, lns *inpod.Listeners) {
+		OnEnrolled: func(p enroll.Pod, _ *podns.NS, lns *inpod.Listeners) {
 			n.acc.Watch(p.Name+"/hbone", lns.HBONE)
 		},
 	})

@@ -1,0 +1,360 @@
+// Package agent assembles ztunnel: the mesh state from istiod-lite over
+// delta xDS, certificates from its CA, enrollment of the node's pods (CNI
+// requests and reconciliation from the Kubernetes API), and the per-pod
+// data path.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/metrics"
+	"github.com/ambit-mesh/ambit/pkg/mtls"
+	"github.com/ambit-mesh/ambit/pkg/pemutil"
+	"github.com/ambit-mesh/ambit/pkg/xdsclient"
+	"github.com/ambit-mesh/ambit/ztunnel/capture"
+	"github.com/ambit-mesh/ambit/ztunnel/certs"
+	"github.com/ambit-mesh/ambit/ztunnel/cni/install"
+	"github.com/ambit-mesh/ambit/ztunnel/enroll"
+	"github.com/ambit-mesh/ambit/ztunnel/inpod"
+	"github.com/ambit-mesh/ambit/ztunnel/podns"
+	"github.com/ambit-mesh/ambit/ztunnel/proxy"
+	"github.com/ambit-mesh/ambit/ztunnel/state"
+)
+
+// Config is ztunnel's configuration.
+type Config struct {
+	// Kube is the apiserver connection (pods of this node, namespaces).
+	Kube *rest.Config
+	// NodeName is this node (the DaemonSet passes spec.nodeName).
+	NodeName string
+	// ControlPlane is istiod-lite's gRPC address (xDS and CA).
+	ControlPlane string
+	// ControlPlaneName is the TLS server name to verify; default the host
+	// of ControlPlane.
+	ControlPlaneName string
+	// RootCertFile holds the mesh root(s), PEM (istio-ca-root-cert).
+	RootCertFile string
+	// TokenFile holds the ztunnel's ServiceAccount token for audience
+	// istio-ca, re-read for every request (the kubelet rotates it).
+	TokenFile string
+	// TrustDomain of identities; default cluster.local.
+	TrustDomain string
+	// Network of this node's workloads; default "".
+	Network string
+	// CNISocket is where the CNI plugin reaches the ztunnel.
+	CNISocket string
+	// CNIStateFile is where the ambient namespaces are written for the
+	// plugin's decisions while the ztunnel is unreachable.
+	CNIStateFile string
+	// CNIInstall, if set, installs and keeps the CNI plugin in the node's
+	// CNI configuration (its SocketPath and StateFile are filled in).
+	CNIInstall *install.Config
+	// CertTTL requested for workload certificates; zero lets the CA decide.
+	CertTTL time.Duration
+	// Metrics, if set, receives the data path's metrics.
+	Metrics *metrics.Provider
+	Log     *slog.Logger
+	// Ready, if set, is called once the state is synced and the CNI
+	// socket serves.
+	Ready func()
+}
+
+func (c *Config) defaults() error {
+	switch {
+	case c.Kube == nil:
+		return errors.New("ztunnel: no Kubernetes config")
+	case c.NodeName == "":
+		return errors.New("ztunnel: no node name (set NODE_NAME)")
+	case c.ControlPlane == "":
+		return errors.New("ztunnel: no control plane address")
+	case c.RootCertFile == "" || c.TokenFile == "":
+		return errors.New("ztunnel: root certificate and token files are required")
+	case c.CNISocket == "":
+		return errors.New("ztunnel: no CNI socket path")
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = identity.DefaultTrustDomain
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return nil
+}
+
+// tokenCreds sends the token file's current content with every RPC.
+type tokenCreds string
+
+func (f tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	b, err := os.ReadFile(string(f))
+	if err != nil {
+		return nil, fmt.Errorf("read token: %w", err)
+	}
+	return map[string]string{"authorization": "Bearer " + string(trimSpace(b))}, nil
+}
+func (tokenCreds) RequireTransportSecurity() bool { return true }
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.defaults(); err != nil {
+		return err
+	}
+	log := cfg.Log
+	rootPEM, err := os.ReadFile(cfg.RootCertFile)
+	if err != nil {
+		return fmt.Errorf("ztunnel: mesh root: %w", err)
+	}
+	roots, err := pemutil.ParseCertificates(rootPEM)
+	if err != nil || len(roots) == 0 {
+		return fmt.Errorf("ztunnel: mesh root %s: no certificate (%v)", cfg.RootCertFile, err)
+	}
+	bundle, err := mtls.NewBundle(cfg.TrustDomain, roots)
+	if err != nil {
+		return fmt.Errorf("ztunnel: trust bundle: %w", err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	serverName := cfg.ControlPlaneName
+	if serverName == "" {
+		serverName = hostOf(cfg.ControlPlane)
+	}
+	conn, err := grpc.NewClient(cfg.ControlPlane,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12})),
+		grpc.WithPerRPCCredentials(tokenCreds(cfg.TokenFile)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+	if err != nil {
+		return fmt.Errorf("ztunnel: control plane connection: %w", err)
+	}
+	defer conn.Close()
+	kube, err := kubernetes.NewForConfig(cfg.Kube)
+	if err != nil {
+		return fmt.Errorf("ztunnel: kubernetes client: %w", err)
+	}
+
+	store := state.NewStore()
+	xc, err := xdsclient.New(conn, xdsclient.Options{
+		Node: &core.Node{Id: cfg.NodeName}, TypeURLs: state.TypeURLs, Handler: store.Handle, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("ztunnel: xDS client: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := xc.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error("xDS client stopped", "error", err)
+		}
+	})
+
+	observe, err := newConnMetrics(cfg.Metrics)
+	if err != nil {
+		return err
+	}
+	px, err := proxy.New(proxy.Options{
+		Bundle:  bundle,
+		Router:  &Router{Store: store, Balancer: state.NewBalancer(store, state.BalancerOptions{Policy: state.LeastRequests}), Network: cfg.Network, TrustDomain: cfg.TrustDomain},
+		Authz:   &Authorizer{Store: store, Network: cfg.Network},
+		Log:     log.With("component", "proxy"),
+		Observe: observe,
+	})
+	if err != nil {
+		return err
+	}
+	pods := newPodWatch(kube, cfg.NodeName, cfg.CNIStateFile, log)
+	served := &servedPods{
+		proxy: px, certs: certs.NewManager(ctx, certs.NewCAClient(conn), cfg.CertTTL, log.With("component", "certs")),
+		pods: pods, trustDomain: cfg.TrustDomain, log: log, ctx: ctx, byKey: map[string]*servedPod{},
+	}
+	capCfg := capture.DefaultConfig()
+	enroller, err := enroll.NewEnroller(enroll.EnrollerOptions{
+		Capture:    &capCfg,
+		OnEnrolled: served.start,
+		OnReleased: served.stop,
+		Log:        log.With("component", "enroll"),
+	})
+	if err != nil {
+		return fmt.Errorf("ztunnel: %w", err)
+	}
+	defer func() { _ = enroller.Close() }()
+
+	wg.Go(func() { pods.run(ctx) })
+	select {
+	case <-pods.synced:
+	case <-ctx.Done():
+		wg.Wait()
+		return nil
+	}
+	// Enrollment does not wait for the control plane: until the state
+	// syncs, inbound connections to unknown workloads are refused and
+	// outbound ones to unknown addresses pass through, so nothing is
+	// allowed that a policy would deny.
+	wg.Go(func() {
+		select {
+		case <-xc.Synced():
+			log.Info("control plane state synced", "stats", fmt.Sprintf("%+v", store.Stats()))
+		case <-ctx.Done():
+		}
+	})
+
+	srv, err := enroll.NewServer(enroll.ServerOptions{Handler: enroller, Decider: pods, Log: log.With("component", "cni-server")})
+	if err != nil {
+		return fmt.Errorf("ztunnel: %w", err)
+	}
+	wg.Go(func() {
+		if err := srv.ListenAndServe(ctx, cfg.CNISocket); err != nil && ctx.Err() == nil {
+			log.Error("CNI server stopped", "error", err)
+			cancel()
+		}
+	})
+	wg.Go(func() { pods.reconcileLoop(ctx, enroller) })
+	if cfg.CNIInstall != nil {
+		ic := *cfg.CNIInstall
+		ic.Entry.SocketPath, ic.Entry.StateFile = cfg.CNISocket, cfg.CNIStateFile
+		if ic.Log == nil {
+			ic.Log = log.With("component", "cni-install")
+		}
+		inst, err := install.New(ic)
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return fmt.Errorf("ztunnel: CNI installer: %w", err)
+		}
+		wg.Go(func() {
+			if err := inst.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("CNI installer stopped", "error", err)
+			}
+		})
+	}
+	log.Info("ztunnel serving", "node", cfg.NodeName, "controlPlane", cfg.ControlPlane, "cniSocket", cfg.CNISocket)
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	return nil
+}
+
+func hostOf(addr string) string {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == ':' {
+			return addr[:i]
+		}
+	}
+	return addr
+}
+
+// servedPods are the enrolled pods the proxy serves: enrollment hands over
+// the listeners, a certificate of the pod's identity is obtained, then the
+// proxy serves them until the pod is released.
+type servedPods struct {
+	proxy       *proxy.Proxy
+	certs       *certs.Manager
+	pods        *podWatch
+	trustDomain string
+	log         *slog.Logger
+	ctx         context.Context
+
+	mu    sync.Mutex
+	byKey map[string]*servedPod
+}
+
+type servedPod struct {
+	cancel  context.CancelFunc
+	done    chan struct{}
+	id      identity.Identity
+	serving *proxy.Serving
+}
+
+// start is the Enroller's OnEnrolled: it must not block, so the certificate
+// is obtained in the background; until then the listeners accept nothing
+// (connections wait in the backlog, or time out and fail closed).
+func (s *servedPods) start(pod enroll.Pod, ns *podns.NS, lns *inpod.Listeners) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	sp := &servedPod{cancel: cancel, done: make(chan struct{})}
+	s.mu.Lock()
+	if old := s.byKey[pod.Key()]; old != nil {
+		s.mu.Unlock()
+		cancel()
+		s.log.Warn("pod enrolled twice without a release; keeping the first", "pod", pod.String())
+		return
+	}
+	s.byKey[pod.Key()] = sp
+	s.mu.Unlock()
+	go func() {
+		defer close(sp.done)
+		sa, err := s.pods.serviceAccount(ctx, pod.Namespace, pod.Name)
+		if err != nil {
+			s.log.Error("enrolled pod's service account unknown; not serving it", "pod", pod.String(), "error", err)
+			return
+		}
+		id, err := identity.New(s.trustDomain, pod.Namespace, sa)
+		if err != nil {
+			s.log.Error("enrolled pod's identity", "pod", pod.String(), "error", err)
+			return
+		}
+		src, err := s.certs.Acquire(ctx, id)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("no certificate for enrolled pod", "pod", pod.String(), "identity", id.String(), "error", err)
+			}
+			return
+		}
+		serving, err := s.proxy.Serve(&proxy.Pod{
+			UID: pod.UID, Namespace: pod.Namespace, Name: pod.Name, IPs: pod.IPs, Cert: src,
+			Dialer: &inpod.Dialer{NS: ns, Mark: capture.Mark, Timeout: 10 * time.Second}, Listeners: lns,
+		})
+		if err != nil {
+			s.certs.Release(id)
+			s.log.Error("serving enrolled pod", "pod", pod.String(), "error", err)
+			return
+		}
+		s.mu.Lock()
+		sp.id, sp.serving = id, serving
+		s.mu.Unlock()
+		s.log.Info("pod served", "pod", pod.String(), "identity", id.String(), "ips", fmt.Sprint(pod.IPs))
+		<-ctx.Done()
+	}()
+}
+
+// stop is the Enroller's OnReleased.
+func (s *servedPods) stop(ref enroll.PodRef) {
+	s.mu.Lock()
+	sp := s.byKey[ref.Key()]
+	delete(s.byKey, ref.Key())
+	s.mu.Unlock()
+	if sp == nil {
+		return
+	}
+	sp.cancel()
+	<-sp.done
+	if sp.serving != nil {
+		sp.serving.Stop()
+		s.certs.Release(sp.id)
+	}
+}

@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	workloadv1 "github.com/ambit-mesh/ambit/apis/workload/v1"
+	"github.com/ambit-mesh/ambit/pkg/hbone"
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/authz"
+	"github.com/ambit-mesh/ambit/ztunnel/proxy"
+	"github.com/ambit-mesh/ambit/ztunnel/state"
+)
+
+// Router routes outbound connections from the mesh state: a Service VIP
+// goes to one of its ready endpoints (or its waypoint), a workload address
+// to that workload; captured destinations over HBONE to their node's
+// ztunnel inside the destination pod (<ip>:15008), everything else as
+// plain TCP.
+type Router struct {
+	Store       *state.Store
+	Balancer    *state.Balancer
+	Network     string
+	TrustDomain string
+}
+
+var _ proxy.Router = (*Router)(nil)
+
+// Route implements proxy.Router.
+func (r *Router) Route(_ *proxy.Pod, dst netip.AddrPort) (proxy.Route, error) {
+	d := r.Store.FindDestination(r.Network, dst.Addr())
+	switch {
+	case d.Service != nil:
+		svc := d.Service
+		key := svc.GetNamespace() + "/" + svc.GetHostname()
+		if wp := svc.GetWaypoint(); wp != nil {
+			return r.viaWaypoint(wp, dst, key)
+		}
+		t, err := r.Balancer.Pick(key, dst.Port())
+		if err != nil {
+			return proxy.Route{}, fmt.Errorf("service %s port %d: %w", key, dst.Port(), err)
+		}
+		ip, ok := firstAddr(t.Workload)
+		if !ok {
+			return proxy.Route{}, fmt.Errorf("service %s: endpoint %s has no address", key, t.Workload.GetUid())
+		}
+		uid := t.Workload.GetUid()
+		r.Balancer.Acquire(uid)
+		rt, err := r.toWorkload(t.Workload, netip.AddrPortFrom(ip, t.Port))
+		if err != nil {
+			r.Balancer.Release(uid)
+			return proxy.Route{}, err
+		}
+		rt.Service = key
+		rt.Done = func() { r.Balancer.Release(uid) }
+		return rt, nil
+	case d.Workload != nil:
+		return r.toWorkload(d.Workload, dst)
+	default:
+		// Not in the mesh's view (outside the cluster, or not yet known):
+		// plain TCP, counted as passthrough.
+		return proxy.Route{Target: dst}, nil
+	}
+}
+
+func (r *Router) toWorkload(w *workloadv1.Workload, target netip.AddrPort) (proxy.Route, error) {
+	rt := proxy.Route{Target: target, DestinationWorkload: w.GetWorkloadName(), DestinationNS: w.GetNamespace()}
+	if w.GetTunnelProtocol() != workloadv1.TunnelProtocol_HBONE {
+		return rt, nil
+	}
+	id, err := workloadIdentity(w, r.TrustDomain)
+	if err != nil {
+		return proxy.Route{}, err
+	}
+	rt.HBONE, rt.Identity = true, id
+	rt.Proxy = netip.AddrPortFrom(target.Addr(), hbone.Port)
+	return rt, nil
+}
+
+// viaWaypoint sends the connection to the Service's waypoint over HBONE,
+// keeping the VIP as the target so the waypoint applies the Service's
+// routes.
+func (r *Router) viaWaypoint(wp *workloadv1.GatewayAddress, dst netip.AddrPort, key string) (proxy.Route, error) {
+	addr := wp.GetAddress()
+	if addr == nil {
+		return proxy.Route{}, fmt.Errorf("service %s: waypoint has no address", key)
+	}
+	ip, ok := netip.AddrFromSlice(addr.GetAddress())
+	if !ok {
+		return proxy.Route{}, fmt.Errorf("service %s: waypoint address is malformed", key)
+	}
+	port := uint16(wp.GetHboneMtlsPort())
+	if port == 0 {
+		port = hbone.Port
+	}
+	rt := proxy.Route{HBONE: true, Target: dst, Proxy: netip.AddrPortFrom(ip.Unmap(), port), Service: key}
+	// The waypoint's own identity, when the mesh knows its workload.
+	if w := r.Store.WorkloadByIP(r.Network, ip.Unmap()); w != nil {
+		id, err := workloadIdentity(w, r.TrustDomain)
+		if err != nil {
+			return proxy.Route{}, err
+		}
+		rt.Identity = id
+	} else if wp.GetAddress() != nil {
+		// Whatever VIP the waypoint is reached by, its endpoints are workloads.
+		svc := r.Store.ServiceByIP(r.Network, ip.Unmap())
+		if svc == nil {
+			return proxy.Route{}, fmt.Errorf("service %s: waypoint %s is not a known workload or service", key, ip)
+		}
+		t, err := r.Balancer.Pick(svc.GetNamespace()+"/"+svc.GetHostname(), port)
+		if err != nil {
+			return proxy.Route{}, fmt.Errorf("service %s: waypoint: %w", key, err)
+		}
+		wip, ok := firstAddr(t.Workload)
+		if !ok {
+			return proxy.Route{}, errors.New("waypoint endpoint has no address")
+		}
+		id, err := workloadIdentity(t.Workload, r.TrustDomain)
+		if err != nil {
+			return proxy.Route{}, err
+		}
+		rt.Proxy, rt.Identity = netip.AddrPortFrom(wip, port), id
+	}
+	return rt, nil
+}
+
+func firstAddr(w *workloadv1.Workload) (netip.Addr, bool) {
+	for _, b := range w.GetAddresses() {
+		if ip, ok := netip.AddrFromSlice(b); ok {
+			return ip.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func workloadIdentity(w *workloadv1.Workload, defaultTD string) (identity.Identity, error) {
+	td := w.GetTrustDomain()
+	if td == "" {
+		td = defaultTD
+	}
+	sa := w.GetServiceAccount()
+	if sa == "" {
+		sa = "default"
+	}
+	id, err := identity.New(td, w.GetNamespace(), sa)
+	if err != nil {
+		return identity.Identity{}, fmt.Errorf("identity of workload %s: %w", w.GetUid(), err)
+	}
+	return id, nil
+}
+
+// Authorizer applies the destination workload's policies from the mesh
+// state. A pod the state does not know (yet) is refused: nothing is allowed
+// by default that a policy might deny.
+type Authorizer struct {
+	Store   *state.Store
+	Network string
+}
+
+var _ proxy.Authorizer = (*Authorizer)(nil)
+
+// Authorize implements proxy.Authorizer.
+func (a *Authorizer) Authorize(in proxy.Inbound) (bool, string) {
+	// The destination is one of the pod's own addresses.
+	w := a.Store.WorkloadByIP(a.Network, in.Dest.Addr())
+	if w == nil {
+		return false, "destination workload unknown to the mesh state"
+	}
+	policies := a.Store.PoliciesFor(w)
+	if !in.MTLS {
+		if ok, pol := authz.PlaintextAllowed(w, in.Dest.Port(), policies); !ok {
+			return false, "plaintext refused by PeerAuthentication (" + pol + ")"
+		}
+	}
+	d := authz.Evaluate(authz.ConnInfo{
+		SourceIdentity: in.Peer, SourceIP: in.Source.Addr(),
+		DestinationIP: in.Dest.Addr(), DestinationPort: in.Dest.Port(), Destination: w,
+	}, policies)
+	return d.Allowed, d.String()
+}

@@ -36,6 +36,7 @@ var flags struct {
 	cniConfDir     string
 	cniPlugin      string
 	cniExclude     string
+	hostRoot       string
 	monitoringAddr string
 	certTTL        time.Duration
 }
@@ -58,6 +59,7 @@ func registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&flags.cniConfDir, "cni-conf-dir", "", "host CNI conf directory (as mounted) whose primary configuration gets the plugin chained")
 	fs.StringVar(&flags.cniPlugin, "cni-plugin", "/usr/local/bin/ambit-cni", "the plugin binary to install")
 	fs.StringVar(&flags.cniExclude, "cni-exclude-namespaces", "kube-system,istio-system", "comma-separated namespaces the plugin never sends to ztunnel")
+	fs.StringVar(&flags.hostRoot, "host-root", "/proc/1/root", "the node's root file system as seen from ztunnel (needs hostPID), for pod netns paths not mounted into its container; empty disables")
 	fs.StringVar(&flags.monitoringAddr, "monitoring-addr", ":15020", "address serving /metrics; empty disables")
 	fs.DurationVar(&flags.certTTL, "cert-ttl", 24*time.Hour, "requested lifetime of workload certificates")
 }
@@ -100,7 +102,7 @@ func run(ctx context.Context, p *daemon.Process) error {
 			Entry: install.Entry{ExcludeNamespaces: splitList(flags.cniExclude)}}
 	}
 	return agent.Run(ctx, agent.Config{
-		CNIStateFile: flags.cniStateFile, CNIInstall: cni,
+		CNIStateFile: flags.cniStateFile, CNIInstall: cni, HostRoot: flags.hostRoot,
 		Kube: kube, NodeName: flags.nodeName, ControlPlane: flags.controlPlane,
 		RootCertFile: flags.rootCert, TokenFile: flags.token, TrustDomain: flags.trustDomain,
 		Network: flags.network, CNISocket: flags.cniSocket, CertTTL: flags.certTTL,

@@ -59,6 +59,9 @@ type Config struct {
 	Network string
 	// CNISocket is where the CNI plugin reaches the ztunnel.
 	CNISocket string
+	// HostRoot is the node's root seen from the ztunnel ("/proc/1/root"
+	// with hostPID), to open pod netns paths not mounted into its container.
+	HostRoot string
 	// CNIStateFile is where the ambient namespaces are written for the
 	// plugin's decisions while the ztunnel is unreachable.
 	CNIStateFile string
@@ -195,6 +198,7 @@ func Run(ctx context.Context, cfg Config) error {
 	enroller, err := enroll.NewEnroller(enroll.EnrollerOptions{
 		Capture:    &capCfg,
 		OnEnrolled: served.start,
+		HostRoot:   cfg.HostRoot,
 		OnReleased: served.stop,
 		Log:        log.With("component", "enroll"),
 	})

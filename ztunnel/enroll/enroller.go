@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -40,6 +41,10 @@ type EnrollerOptions struct {
 	// returned by a scan): /proc/1/ns/net (the node's, with hostPID) and
 	// /proc/self/ns/net (the ztunnel's own) when nil.
 	HostNetns []string
+	// HostRoot is the node's file system root as the ztunnel sees it, for
+	// netns paths not mounted into its container: "/proc/1/root" with
+	// hostPID. Empty: paths are opened only as given.
+	HostRoot string
 	// ProcRoot is where FindNetnsByIP scans; "/proc" when empty.
 	ProcRoot string
 	// ReconcileWorkers bounds parallel enrollments in Reconcile; 4 when zero.
@@ -174,7 +179,7 @@ func (e *Enroller) Enroll(ctx context.Context, pod Pod) error {
 }
 
 func (e *Enroller) enrollLocked(ctx context.Context, pod Pod, old *entry) error {
-	ns, err := e.openNetns(pod)
+	ns, err := e.openNetns(ctx, pod)
 	if err != nil {
 		return fmt.Errorf("enroll %s: %w", pod.PodRef, err)
 	}
@@ -264,7 +269,7 @@ func (e *Enroller) enrollLocked(ctx context.Context, pod Pod, old *entry) error 
 }
 
 // openNetns opens the pod's namespace by path, falling back to a scan by IP.
-func (e *Enroller) openNetns(pod Pod) (*podns.NS, error) {
+func (e *Enroller) openNetns(ctx context.Context, pod Pod) (*podns.NS, error) {
 	var errs []error
 	if pod.Netns != "" {
 		ns, err := podns.Open(pod.Netns)
@@ -272,6 +277,27 @@ func (e *Enroller) openNetns(pod Pod) (*podns.NS, error) {
 			return ns, nil
 		}
 		errs = append(errs, err)
+		// The path is the node's (CNI_NETNS); when it is not mounted into
+		// the ztunnel's container, reach it through the root of a process
+		// in the node's mount namespace: the CNI plugin asking (its pid
+		// from SO_PEERCRED, with hostPID), else HostRoot.
+		var roots []string
+		if pid := peerPID(ctx); pid > 0 {
+			roots = append(roots, fmt.Sprintf("/proc/%d/root", pid))
+		}
+		if e.opts.HostRoot != "" {
+			roots = append(roots, e.opts.HostRoot)
+		}
+		for _, root := range roots {
+			if !filepath.IsAbs(pod.Netns) {
+				break
+			}
+			ns, err := podns.Open(filepath.Join(root, pod.Netns))
+			if err == nil {
+				return ns, nil
+			}
+			errs = append(errs, err)
+		}
 	}
 	for _, ip := range pod.IPs {
 		ns, err := findNetnsByIP(e.opts.ProcRoot, e.hostIDs, ip)
@@ -354,7 +380,7 @@ func (e *Enroller) ReleasePod(ctx context.Context, pod Pod) error {
 		return e.Release(ctx, pod.PodRef)
 	}
 	defer unlock()
-	ns, err := e.openNetns(pod)
+	ns, err := e.openNetns(ctx, pod)
 	if err != nil {
 		// No namespace: nothing of the pod's is left to remove.
 		e.log.Debug("release of an unknown pod: namespace not found", "pod", pod.PodRef.String(), "err", err)

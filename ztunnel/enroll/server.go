@@ -159,9 +159,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
-	if err := s.checkPeer(conn); err != nil {
+	pid, err := s.checkPeer(conn)
+	if err != nil {
 		s.log.Warn("refused connection", "err", err)
 		return
+	}
+	if pid > 0 {
+		ctx = context.WithValue(ctx, peerPIDKey{}, pid)
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(s.opts.ReadTimeout))
 	var req wire.Request
@@ -246,30 +250,41 @@ func (s *Server) do(ctx context.Context, op wire.Op, pod Pod) (wire.Status, erro
 	}
 }
 
-// checkPeer accepts only the configured users (the plugin runs as root).
-func (s *Server) checkPeer(conn net.Conn) error {
+// peerPIDKey carries the CNI plugin's process id (as this process sees it)
+// in a request's context: the plugin runs in the node's mount namespace,
+// so /proc/<pid>/root reaches netns paths not mounted into ours.
+type peerPIDKey struct{}
+
+func peerPID(ctx context.Context) int32 {
+	pid, _ := ctx.Value(peerPIDKey{}).(int32)
+	return pid
+}
+
+// checkPeer accepts only the configured users (the plugin runs as root)
+// and returns the peer's pid.
+func (s *Server) checkPeer(conn net.Conn) (int32, error) {
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
-		return nil // not a Unix socket (tests with other transports)
+		return 0, nil // not a Unix socket (tests with other transports)
 	}
 	rc, err := uc.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("peer credentials: %w", err)
+		return 0, fmt.Errorf("peer credentials: %w", err)
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := rc.Control(func(fd uintptr) {
 		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil {
-		return fmt.Errorf("peer credentials: %w", err)
+		return 0, fmt.Errorf("peer credentials: %w", err)
 	}
 	if cerr != nil {
-		return fmt.Errorf("peer credentials: %w", cerr)
+		return 0, fmt.Errorf("peer credentials: %w", cerr)
 	}
 	for _, uid := range s.opts.AllowedUIDs {
 		if cred.Uid == uid {
-			return nil
+			return cred.Pid, nil
 		}
 	}
-	return fmt.Errorf("peer pid %d uid %d is not allowed", cred.Pid, cred.Uid)
+	return 0, fmt.Errorf("peer pid %d uid %d is not allowed", cred.Pid, cred.Uid)
 }

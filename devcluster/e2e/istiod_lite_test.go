@@ -37,11 +37,6 @@ func TestIstiodLiteInstall(t *testing.T) {
 	if out, err := c.Kubectl(ctx, "", "apply", "-k", manifests); err != nil {
 		t.Fatalf("kubectl apply -k %s: %v\n%s", manifests, err, out)
 	}
-	t.Cleanup(func() {
-		if os.Getenv("DEVCLUSTER_KEEP") == "" {
-			_, _ = c.Kubectl(context.Background(), "", "delete", "deployment", "-n", "istio-system", "istiod-lite", "--wait=false")
-		}
-	})
 	c.WaitForDeployment(t, "istio-system", "istiod-lite", 3*time.Minute)
 
 	if _, err := c.Client.CoreV1().Secrets("istio-system").Get(ctx, "istio-ca-secret", metav1.GetOptions{}); err != nil {

@@ -107,7 +107,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAuthority$$' -fuzztime $(FUZZTIME) ./pkg/hbone/
 
 demo:
-	@echo "make demo: not yet. The demo lands with the ztunnel issue (devcluster + ambit + sample app)."
+	devcluster/scripts/demo.sh
 
 clean:
 	rm -rf $(BIN)

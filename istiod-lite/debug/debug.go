@@ -7,8 +7,8 @@ package debug
 import (
 	"encoding/base64"
 	"encoding/json"
-	"net/netip"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 

@@ -192,7 +192,7 @@ func Run(ctx context.Context, cfg Config) error {
 	pods := newPodWatch(kube, cfg.NodeName, cfg.CNIStateFile, log)
 	served := &servedPods{
 		proxy: px, certs: certs.NewManager(ctx, certs.NewCAClient(conn), cfg.CertTTL, log.With("component", "certs")),
-		pods: pods, trustDomain: cfg.TrustDomain, log: log, ctx: ctx, byKey: map[string]*servedPod{},
+		serviceAccount: pods.serviceAccount, trustDomain: cfg.TrustDomain, log: log, ctx: ctx, byKey: map[string]*servedPod{},
 	}
 	capCfg := capture.DefaultConfig()
 	enroller, err := enroll.NewEnroller(enroll.EnrollerOptions{
@@ -277,12 +277,13 @@ func hostOf(addr string) string {
 // the listeners, a certificate of the pod's identity is obtained, then the
 // proxy serves them until the pod is released.
 type servedPods struct {
-	proxy       *proxy.Proxy
-	certs       *certs.Manager
-	pods        *podWatch
-	trustDomain string
-	log         *slog.Logger
-	ctx         context.Context
+	proxy *proxy.Proxy
+	certs *certs.Manager
+	// serviceAccount names a pod's ServiceAccount (from the pod informer).
+	serviceAccount func(ctx context.Context, ns, name string) (string, error)
+	trustDomain    string
+	log            *slog.Logger
+	ctx            context.Context
 
 	mu    sync.Mutex
 	byKey map[string]*servedPod
@@ -312,7 +313,7 @@ func (s *servedPods) start(pod enroll.Pod, ns *podns.NS, lns *inpod.Listeners) {
 	s.mu.Unlock()
 	go func() {
 		defer close(sp.done)
-		sa, err := s.pods.serviceAccount(ctx, pod.Namespace, pod.Name)
+		sa, err := s.serviceAccount(ctx, pod.Namespace, pod.Name)
 		if err != nil {
 			s.log.Error("enrolled pod's service account unknown; not serving it", "pod", pod.String(), "error", err)
 			return

@@ -128,7 +128,14 @@ var (
 func Main(m *testing.M) int {
 	started := false
 	if os.Getenv("DEVCLUSTER_START") == "1" {
-		if _, err := Connect(); err != nil {
+		if c, err := Connect(); err == nil {
+			// A cluster that was already up runs images of whatever
+			// checkout built them: test this one.
+			if err := refreshAmbit(c); err != nil {
+				fmt.Fprintf(os.Stderr, "devkube: refreshing ambit's images: %v\n", err)
+				return 1
+			}
+		} else {
 			fmt.Fprintln(os.Stderr, "devkube: bringing the devcluster up")
 			t0 := time.Now()
 			if err := Up(os.Stderr); err != nil {
@@ -149,6 +156,32 @@ func Main(m *testing.M) int {
 		}
 	}
 	return code
+}
+
+// refreshAmbit rebuilds ambit's images from this checkout, loads them into
+// the nodes and restarts ambit's components if they are installed.
+func refreshAmbit(c *Cluster) error {
+	for _, args := range [][]string{{"ambit"}, {"import"}} {
+		cmd := exec.Command(script("images.sh"), args...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("images.sh %s: %w", args[0], err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, w := range []string{"deployment/istiod-lite", "daemonset/ztunnel"} {
+		if _, err := c.Kubectl(ctx, "", "-n", "istio-system", "get", w); err != nil {
+			continue // not installed
+		}
+		if out, err := c.Kubectl(ctx, "", "-n", "istio-system", "rollout", "restart", w); err != nil {
+			return fmt.Errorf("restart %s: %w: %s", w, err, out)
+		}
+		if out, err := c.Kubectl(ctx, "", "-n", "istio-system", "rollout", "status", w, "--timeout=180s"); err != nil {
+			return fmt.Errorf("%s: %w: %s", w, err, out)
+		}
+	}
+	return nil
 }
 
 // Get returns the running devcluster or fails the test.

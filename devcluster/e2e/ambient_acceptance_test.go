@@ -520,7 +520,7 @@ func (w *wireCapture) finish(t *testing.T, marker []byte) *wireReport {
 		if bytes.Contains(f.data, marker) {
 			r.markerIfaces[ifname]++
 		}
-		src, dst, payload, ok := parseTCP(f.data)
+		src, dst, seq, payload, ok := parseTCP(f.data)
 		if !ok {
 			continue
 		}
@@ -531,7 +531,7 @@ func (w *wireCapture) finish(t *testing.T, marker []byte) *wireReport {
 			r.flows[k] = fd
 		}
 		fd.packets++
-		fd.payload = append(fd.payload, payload...)
+		fd.add(seq, payload)
 	}
 	for k, fd := range r.flows {
 		if bytes.Contains(fd.payload, marker) {
@@ -542,7 +542,7 @@ func (w *wireCapture) finish(t *testing.T, marker []byte) *wireReport {
 }
 
 // parseTCP reads an Ethernet frame carrying IPv4 TCP.
-func parseTCP(b []byte) (src, dst netip.AddrPort, payload []byte, ok bool) {
+func parseTCP(b []byte) (src, dst netip.AddrPort, seq uint32, payload []byte, ok bool) {
 	if len(b) < 14+20 || binary.BigEndian.Uint16(b[12:14]) != 0x0800 {
 		return
 	}
@@ -561,7 +561,8 @@ func parseTCP(b []byte) (src, dst netip.AddrPort, payload []byte, ok bool) {
 	}
 	s, _ := netip.AddrFromSlice(ip[12:16])
 	d, _ := netip.AddrFromSlice(ip[16:20])
-	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(tcp[0:2])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(tcp[2:4])), tcp[doff:], true
+	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(tcp[0:2])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(tcp[2:4])),
+		binary.BigEndian.Uint32(tcp[4:8]), tcp[doff:], true
 }
 
 type flowKey struct {
@@ -571,9 +572,35 @@ type flowKey struct {
 
 func (k flowKey) String() string { return fmt.Sprintf("%s %s->%s", k.ifname, k.src, k.dst) }
 
+// flowData is one direction of a TCP connection on one interface, its
+// payload in sequence order (retransmitted bytes dropped; gap set when a
+// segment was missed).
 type flowData struct {
 	packets int
 	payload []byte
+	started bool
+	next    uint32
+	gap     bool
+}
+
+func (f *flowData) add(seq uint32, p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	end := seq + uint32(len(p))
+	switch d := int32(f.next - seq); {
+	case !f.started:
+		f.started = true
+	case d > 0: // already seen, in part or whole: a retransmission
+		if int(d) >= len(p) {
+			return
+		}
+		p = p[d:]
+	case d < 0:
+		f.gap = true
+	}
+	f.payload = append(f.payload, p...)
+	f.next = end
 }
 
 type wireReport struct {
@@ -581,6 +608,38 @@ type wireReport struct {
 	markerIfaces map[string]int // frames holding the marker, by interface
 	markerFlows  []flowKey      // TCP flows whose reassembled payload holds it
 	flows        map[flowKey]*flowData
+}
+
+// tlsRecords reports whether payload is a sequence of TLS 1.2/1.3 records
+// (the last one may be cut off by the end of the capture).
+func tlsRecords(payload []byte) bool {
+	if len(payload) == 0 {
+		return false
+	}
+	for len(payload) >= 5 {
+		typ, vers, n := payload[0], binary.BigEndian.Uint16(payload[1:3]), int(binary.BigEndian.Uint16(payload[3:5]))
+		if typ < 20 || typ > 23 || (vers != 0x0303 && vers != 0x0301) || n > 16384+2048 {
+			return false
+		}
+		payload = payload[min(5+n, len(payload)):]
+	}
+	return len(payload) == 0
+}
+
+// tlsFlowsTo counts the flows from src to dst (and back) whose payload is
+// nothing but TLS records, and those with a payload (flows the capture
+// missed a segment of are left out).
+func (r *wireReport) tlsFlowsTo(src netip.Addr, dst netip.AddrPort) (tlsFlows, flows int) {
+	for k, fd := range r.flows {
+		if len(fd.payload) == 0 || fd.gap || !(k.src.Addr() == src && k.dst == dst || k.src == dst && k.dst.Addr() == src) {
+			continue
+		}
+		flows++
+		if tlsRecords(fd.payload) {
+			tlsFlows++
+		}
+	}
+	return tlsFlows, flows
 }
 
 // payloadTo sums the payload bytes of flows from src to dst (any port when
@@ -673,6 +732,12 @@ func (e *accEnv) testWire(t *testing.T) {
 					}
 					if hboneBytes == 0 {
 						t.Errorf("no HBONE traffic from %s to %s:15008 captured", cl.ip, srv.ip)
+					}
+					// What does cross is TLS records, both ways.
+					if tlsFlows, flows := r.tlsFlowsTo(cl.ip, netip.AddrPortFrom(srv.ip, 15008)); tlsFlows != flows || flows == 0 {
+						t.Errorf("of %d captured HBONE flows (both directions, every interface), %d are TLS records only", flows, tlsFlows)
+					} else {
+						t.Logf("all %d captured HBONE flows (both directions, every interface) are TLS records only", flows)
 					}
 					if tg.inEth && !slices.Contains(hboneIfs, "eth0") {
 						t.Errorf("cross-node HBONE traffic not seen on eth0 (seen on %v)", hboneIfs)

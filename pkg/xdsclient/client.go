@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -94,8 +95,11 @@ func (c *Client) Run(ctx context.Context) error {
 		if delivered {
 			backoff = c.opts.MinBackoff
 		}
-		c.log.Warn("xDS stream ended; reconnecting", "err", err, "in", backoff)
-		t := time.NewTimer(backoff)
+		// Jitter (±20%) spreads the reconnects of many clients after a
+		// control plane restart.
+		wait := time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64()))
+		c.log.Warn("xDS stream ended; reconnecting", "err", err, "in", wait)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -162,6 +162,10 @@ func Run(ctx context.Context, cfg Config) error {
 	store := state.NewStore()
 	xc, err := xdsclient.New(conn, xdsclient.Options{
 		Node: &core.Node{Id: cfg.NodeName}, TypeURLs: state.TypeURLs, Handler: store.Handle, Logger: log,
+		// Policy changes must reach the node soon after the control plane
+		// returns; the jitter keeps a fleet of ztunnels from reconnecting
+		// in lockstep.
+		MaxBackoff: 5 * time.Second,
 	})
 	if err != nil {
 		return fmt.Errorf("ztunnel: xDS client: %w", err)

@@ -6,16 +6,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/ambit-mesh/ambit/istiod-lite/ca/certmanager"
 	"github.com/ambit-mesh/ambit/istiod-lite/server"
 	"github.com/ambit-mesh/ambit/pkg/daemon"
+	"github.com/ambit-mesh/ambit/pkg/kubeclient"
 )
 
 var flags struct {
@@ -64,19 +62,12 @@ func envOr(key, def string) string {
 }
 
 func run(ctx context.Context, p *daemon.Process) error {
-	var kube *rest.Config
-	var err error
-	if flags.kubeconfig != "" {
-		kube, err = clientcmd.BuildConfigFromFlags("", flags.kubeconfig)
-	} else {
-		kube, err = rest.InClusterConfig()
-	}
+	kube, err := kubeclient.Config(flags.kubeconfig, "istiod-lite")
 	if err != nil {
-		return fmt.Errorf("kubernetes config: %w", err)
+		return err
 	}
 	klog.SetSlogLogger(p.Log) // client-go's own logs in our format
 	kube.QPS, kube.Burst = 50, 100
-	kube.UserAgent = "istiod-lite"
 	var cm *certmanager.Config
 	if flags.cmIssuer != "" {
 		cm = &certmanager.Config{Namespace: flags.cmNamespace, Timeout: flags.cmTimeout}
@@ -95,7 +86,7 @@ func run(ctx context.Context, p *daemon.Process) error {
 		DomainSuffix:            flags.domainSuffix,
 		ClusterID:               flags.clusterID,
 		NodeAgentServiceAccount: flags.nodeAgentSA,
-		TokenAudiences:          splitList(flags.audiences),
+		TokenAudiences:          daemon.SplitList(flags.audiences),
 		GRPCAddr:                flags.grpcAddr,
 		MonitoringAddr:          flags.monitoringAddr,
 		LeaderElection:          flags.leaderElect,
@@ -104,14 +95,4 @@ func run(ctx context.Context, p *daemon.Process) error {
 		Log:                     p.Log,
 		Ready:                   func() { p.SetReady(true) },
 	})
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			out = append(out, v)
-		}
-	}
-	return out
 }

@@ -9,14 +9,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/ambit-mesh/ambit/pkg/daemon"
+	"github.com/ambit-mesh/ambit/pkg/kubeclient"
 	"github.com/ambit-mesh/ambit/pkg/metrics"
 	"github.com/ambit-mesh/ambit/ztunnel/agent"
 	"github.com/ambit-mesh/ambit/ztunnel/cni/install"
@@ -65,18 +63,11 @@ func registerFlags(fs *flag.FlagSet) {
 }
 
 func run(ctx context.Context, p *daemon.Process) error {
-	var kube *rest.Config
-	var err error
-	if flags.kubeconfig != "" {
-		kube, err = clientcmd.BuildConfigFromFlags("", flags.kubeconfig)
-	} else {
-		kube, err = rest.InClusterConfig()
-	}
+	kube, err := kubeclient.Config(flags.kubeconfig, "ztunnel")
 	if err != nil {
-		return fmt.Errorf("kubernetes config: %w", err)
+		return err
 	}
 	klog.SetSlogLogger(p.Log)
-	kube.UserAgent = "ztunnel"
 	prov, err := metrics.New()
 	if err != nil {
 		return err
@@ -99,7 +90,7 @@ func run(ctx context.Context, p *daemon.Process) error {
 	var cni *install.Config
 	if flags.cniBinDir != "" || flags.cniConfDir != "" {
 		cni = &install.Config{PluginBinary: flags.cniPlugin, BinDir: flags.cniBinDir, ConfDir: flags.cniConfDir,
-			Entry: install.Entry{ExcludeNamespaces: splitList(flags.cniExclude)}}
+			Entry: install.Entry{ExcludeNamespaces: daemon.SplitList(flags.cniExclude)}}
 	}
 	return agent.Run(ctx, agent.Config{
 		CNIStateFile: flags.cniStateFile, CNIInstall: cni, HostRoot: flags.hostRoot,
@@ -108,14 +99,4 @@ func run(ctx context.Context, p *daemon.Process) error {
 		Network: flags.network, CNISocket: flags.cniSocket, CertTTL: flags.certTTL,
 		Metrics: prov, Log: p.Log, Ready: func() { p.SetReady(true) },
 	})
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			out = append(out, v)
-		}
-	}
-	return out
 }

@@ -190,63 +190,49 @@ func (c *Controller) push(ch ambient.Changes) {
 }
 
 func (c *Controller) upsertAuthorizationPolicy(obj any) {
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return
-	}
-	data, err := json.Marshal(u.Object)
-	if err != nil {
-		c.policyError("AuthorizationPolicy", u, fmt.Errorf("encode: %w", err))
-		return
-	}
-	p, err := ambient.DecodeAuthorizationPolicy(data)
-	if err != nil {
-		c.policyError("AuthorizationPolicy", u, err)
-		return
-	}
-	ch, err := c.opts.Index.UpsertAuthorizationPolicy(p)
-	c.push(ch)
-	c.policyOutcome("AuthorizationPolicy", u, err)
+	upsertPolicy(c, "AuthorizationPolicy", obj, ambient.DecodeAuthorizationPolicy, c.opts.Index.UpsertAuthorizationPolicy)
 }
 
 func (c *Controller) deleteAuthorizationPolicy(ns, name string) {
-	c.push(c.opts.Index.DeleteAuthorizationPolicy(ns, name))
-	if c.opts.Policies != nil {
-		c.opts.Policies.PolicyDeleted("AuthorizationPolicy", ns, name)
-	}
+	c.deletePolicy("AuthorizationPolicy", c.opts.Index.DeleteAuthorizationPolicy(ns, name), ns, name)
 }
 
 func (c *Controller) upsertPeerAuthentication(obj any) {
+	upsertPolicy(c, "PeerAuthentication", obj, ambient.DecodePeerAuthentication, c.opts.Index.UpsertPeerAuthentication)
+}
+
+func (c *Controller) deletePeerAuthentication(ns, name string) {
+	c.deletePolicy("PeerAuthentication", c.opts.Index.DeletePeerAuthentication(ns, name), ns, name)
+}
+
+// upsertPolicy decodes a policy strictly and hands it to the index; a
+// version that cannot be decoded or translated is reported, and the index
+// keeps what it had for that policy, so nothing else changes.
+func upsertPolicy[T any](c *Controller, kind string, obj any, decode func([]byte) (T, error), upsert func(T) (ambient.Changes, error)) {
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
 		return
 	}
 	data, err := json.Marshal(u.Object)
 	if err != nil {
-		c.policyError("PeerAuthentication", u, fmt.Errorf("encode: %w", err))
+		c.policyOutcome(kind, u, fmt.Errorf("encode: %w", err))
 		return
 	}
-	p, err := ambient.DecodePeerAuthentication(data)
+	p, err := decode(data)
 	if err != nil {
-		c.policyError("PeerAuthentication", u, err)
+		c.policyOutcome(kind, u, err)
 		return
 	}
-	ch, err := c.opts.Index.UpsertPeerAuthentication(p)
+	ch, err := upsert(p)
 	c.push(ch)
-	c.policyOutcome("PeerAuthentication", u, err)
-}
-
-func (c *Controller) deletePeerAuthentication(ns, name string) {
-	c.push(c.opts.Index.DeletePeerAuthentication(ns, name))
-	if c.opts.Policies != nil {
-		c.opts.Policies.PolicyDeleted("PeerAuthentication", ns, name)
-	}
-}
-
-// policyError reports a policy that could not even be decoded; the Index
-// keeps what it had for it, so nothing else changes.
-func (c *Controller) policyError(kind string, u *unstructured.Unstructured, err error) {
 	c.policyOutcome(kind, u, err)
+}
+
+func (c *Controller) deletePolicy(kind string, ch ambient.Changes, ns, name string) {
+	c.push(ch)
+	if c.opts.Policies != nil {
+		c.opts.Policies.PolicyDeleted(kind, ns, name)
+	}
 }
 
 func (c *Controller) policyOutcome(kind string, u *unstructured.Unstructured, err error) {

@@ -36,6 +36,7 @@ var flags struct {
 	cniExclude     string
 	hostRoot       string
 	monitoringAddr string
+	adminAddr      string
 	certTTL        time.Duration
 }
 
@@ -59,6 +60,7 @@ func registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&flags.cniExclude, "cni-exclude-namespaces", "kube-system,istio-system", "comma-separated namespaces the plugin never sends to ztunnel")
 	fs.StringVar(&flags.hostRoot, "host-root", "/proc/1/root", "the node's root file system as seen from ztunnel (needs hostPID), for pod netns paths not mounted into its container; empty disables")
 	fs.StringVar(&flags.monitoringAddr, "monitoring-addr", ":15020", "address serving /metrics; empty disables")
+	fs.StringVar(&flags.adminAddr, "admin-addr", "127.0.0.1:15000", "address of the JSON admin view (/config_dump: workloads, services, policies, certificates, enrolled pods); empty disables")
 	fs.DurationVar(&flags.certTTL, "cert-ttl", 24*time.Hour, "requested lifetime of workload certificates")
 }
 
@@ -93,6 +95,7 @@ func run(ctx context.Context, p *daemon.Process) error {
 			Entry: install.Entry{ExcludeNamespaces: daemon.SplitList(flags.cniExclude)}}
 	}
 	return agent.Run(ctx, agent.Config{
+		AdminAddr: flags.adminAddr, DrainTimeout: p.ShutdownTimeout() * 2 / 3,
 		CNIStateFile: flags.cniStateFile, CNIInstall: cni, HostRoot: flags.hostRoot,
 		Kube: kube, NodeName: flags.nodeName, ControlPlane: flags.controlPlane,
 		RootCertFile: flags.rootCert, TokenFile: flags.token, TrustDomain: flags.trustDomain,

@@ -5,15 +5,11 @@
 package debug
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"net/http"
-	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	workloadv1 "github.com/ambit-mesh/ambit/apis/workload/v1"
@@ -94,54 +90,12 @@ func sortedNames(m map[string]types.Resource) []string {
 	return out
 }
 
-var marshaller = protojson.MarshalOptions{UseProtoNames: true}
-
 func marshal(m proto.Message) json.RawMessage {
-	b, err := marshaller.Marshal(m)
+	b, err := workloadv1.ReadableJSON(m)
 	if err != nil {
-		return json.RawMessage(`{"error":` + strings.TrimSpace(string(mustJSON(err.Error()))) + `}`)
+		return json.RawMessage(`{"error":` + string(mustJSON(err.Error())) + `}`)
 	}
-	// Addresses are bytes in the API (base64 in JSON); show them as IPs.
-	var v any
-	if err := json.Unmarshal(b, &v); err != nil {
-		return b
-	}
-	readable, err := json.Marshal(ipsReadable("", v))
-	if err != nil {
-		return b
-	}
-	return readable
-}
-
-// ipsReadable rewrites the values of "address"/"addresses" fields that
-// decode to 4 or 16 bytes as IP strings.
-func ipsReadable(key string, v any) any {
-	switch t := v.(type) {
-	case map[string]any:
-		for k, e := range t {
-			t[k] = ipsReadable(k, e)
-		}
-		return t
-	case []any:
-		for i, e := range t {
-			t[i] = ipsReadable(key, e)
-		}
-		return t
-	case string:
-		if key != "address" && key != "addresses" {
-			return t
-		}
-		raw, err := base64.StdEncoding.DecodeString(t)
-		if err != nil {
-			return t
-		}
-		if ip, ok := netip.AddrFromSlice(raw); ok {
-			return ip.Unmap().String()
-		}
-		return t
-	default:
-		return v
-	}
+	return b
 }
 
 func mustJSON(s string) []byte {

@@ -59,7 +59,13 @@ func (o *Options) NewLogger(w io.Writer, component string) (*slog.Logger, error)
 type Process struct {
 	Log   *slog.Logger
 	ready atomic.Bool
+	// shutdownTimeout is how long the body has to drain once ctx ends.
+	shutdownTimeout time.Duration
 }
+
+// ShutdownTimeout is how long the body has to return once its context
+// ends (--shutdown-timeout): its drain must fit inside it.
+func (p *Process) ShutdownTimeout() time.Duration { return p.shutdownTimeout }
 
 // SetReady flips /readyz; components call it once they can serve.
 func (p *Process) SetReady(ready bool) { p.ready.Store(ready) }
@@ -101,7 +107,7 @@ func Main(component string, args []string, configure func(fs *flag.FlagSet), bod
 // Run serves the health endpoint and runs body until ctx is done, then gives
 // body up to opts.ShutdownTimeout to drain.
 func Run(ctx context.Context, opts Options, log *slog.Logger, body RunFunc) error {
-	p := &Process{Log: log}
+	p := &Process{Log: log, shutdownTimeout: opts.ShutdownTimeout}
 	var health *http.Server
 	if opts.HealthAddr != "" {
 		ln, err := net.Listen("tcp", opts.HealthAddr)

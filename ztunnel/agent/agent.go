@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -73,6 +75,12 @@ type Config struct {
 	// Metrics, if set, receives the data path's metrics.
 	Metrics *metrics.Provider
 	Log     *slog.Logger
+	// DrainTimeout bounds how long running connections may take to end on
+	// shutdown; default 10s (below the daemon's shutdown timeout).
+	DrainTimeout time.Duration
+	// AdminAddr serves the JSON admin view (/config_dump); empty disables.
+	// Keep it on loopback: it lists every workload the node knows.
+	AdminAddr string
 	// Ready, if set, is called once the state is synced and the CNI
 	// socket serves.
 	Ready func()
@@ -93,6 +101,9 @@ func (c *Config) defaults() error {
 	}
 	if c.TrustDomain == "" {
 		c.TrustDomain = identity.DefaultTrustDomain
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 10 * time.Second
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -179,7 +190,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	})
 
-	observe, err := newConnMetrics(cfg.Metrics)
+	observe, err := newConnObserver(cfg.Metrics, store, cfg.Network, log.With("component", "access"))
 	if err != nil {
 		return err
 	}
@@ -259,11 +270,25 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 	}
+	if cfg.AdminAddr != "" {
+		hs := &http.Server{Addr: cfg.AdminAddr, Handler: adminHandler(cfg.NodeName, store, served), ReadHeaderTimeout: 10 * time.Second}
+		wg.Go(func() {
+			if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin endpoint", "error", err)
+			}
+		})
+		wg.Go(func() { <-ctx.Done(); _ = hs.Close() })
+	}
 	log.Info("ztunnel serving", "node", cfg.NodeName, "controlPlane", cfg.ControlPlane, "cniSocket", cfg.CNISocket)
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
 	<-ctx.Done()
+	// Drain: stop taking connections (the pods' rules stay, so new ones
+	// are refused, not let through) and give running ones time to end.
+	dctx, dcancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	served.drainAll(dctx)
+	dcancel()
 	wg.Wait()
 	return nil
 }
@@ -294,6 +319,8 @@ type servedPods struct {
 }
 
 type servedPod struct {
+	name    string // namespace/name
+	ips     []netip.Addr
 	cancel  context.CancelFunc
 	done    chan struct{}
 	id      identity.Identity
@@ -305,7 +332,7 @@ type servedPod struct {
 // (connections wait in the backlog, or time out and fail closed).
 func (s *servedPods) start(pod enroll.Pod, ns *podns.NS, lns *inpod.Listeners) {
 	ctx, cancel := context.WithCancel(s.ctx)
-	sp := &servedPod{cancel: cancel, done: make(chan struct{})}
+	sp := &servedPod{name: pod.Namespace + "/" + pod.Name, ips: pod.IPs, cancel: cancel, done: make(chan struct{})}
 	s.mu.Lock()
 	if old := s.byKey[pod.Key()]; old != nil {
 		s.mu.Unlock()
@@ -349,6 +376,23 @@ func (s *servedPods) start(pod enroll.Pod, ns *podns.NS, lns *inpod.Listeners) {
 		s.log.Info("pod served", "pod", pod.String(), "identity", id.String(), "ips", fmt.Sprint(pod.IPs))
 		<-ctx.Done()
 	}()
+}
+
+// drainAll drains every served pod in parallel within ctx.
+func (s *servedPods) drainAll(ctx context.Context) {
+	s.mu.Lock()
+	var servings []*proxy.Serving
+	for _, sp := range s.byKey {
+		if sp.serving != nil {
+			servings = append(servings, sp.serving)
+		}
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, sv := range servings {
+		wg.Go(func() { sv.Drain(ctx) })
+	}
+	wg.Wait()
 }
 
 // stop is the Enroller's OnReleased.

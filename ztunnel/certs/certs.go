@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -164,5 +166,33 @@ func (m *Manager) Identities() []identity.Identity {
 	for id := range m.byID {
 		out = append(out, id)
 	}
+	return out
+}
+
+// CertInfo describes a held certificate, for the admin view.
+type CertInfo struct {
+	Identity  string    `json:"identity"`
+	Pods      int       `json:"pods"`
+	Serial    string    `json:"serial,omitempty"`
+	NotBefore time.Time `json:"notBefore,omitzero"`
+	NotAfter  time.Time `json:"notAfter,omitzero"`
+	Pending   bool      `json:"pending,omitempty"` // requested, not issued yet
+}
+
+// Certificates lists the certificates held, sorted by identity.
+func (m *Manager) Certificates() []CertInfo {
+	m.mu.Lock()
+	out := make([]CertInfo, 0, len(m.byID))
+	for id, e := range m.byID {
+		ci := CertInfo{Identity: id.String(), Pods: e.refs}
+		if c, err := e.src.TLSCertificate(); err == nil && c != nil && c.Leaf != nil {
+			ci.Serial, ci.NotBefore, ci.NotAfter = c.Leaf.SerialNumber.Text(16), c.Leaf.NotBefore, c.Leaf.NotAfter
+		} else {
+			ci.Pending = true
+		}
+		out = append(out, ci)
+	}
+	m.mu.Unlock()
+	slices.SortFunc(out, func(a, b CertInfo) int { return strings.Compare(a.Identity, b.Identity) })
 	return out
 }

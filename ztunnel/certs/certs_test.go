@@ -98,6 +98,9 @@ func TestAcquireSharesAndReleaseDrops(t *testing.T) {
 	if _, err := m.Acquire(actx, id); err != nil { // a second pod, same identity
 		t.Fatal(err)
 	}
+	if cs := m.Certificates(); len(cs) != 1 || cs[0].Identity != id.String() || cs[0].Pods != 2 || cs[0].Pending || !cs[0].NotAfter.Equal(cert.Leaf.NotAfter) {
+		t.Errorf("certificates view: %+v", cs)
+	}
 	if n := srv.count(); n != 1 {
 		t.Errorf("two pods of one identity made %d requests, want 1", n)
 	}

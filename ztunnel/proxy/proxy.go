@@ -115,6 +115,8 @@ type Event struct {
 	Denied      bool
 	Err         error
 	Passthrough bool
+	Start       time.Time
+	Duration    time.Duration
 }
 
 // Proxy serves enrolled pods.
@@ -144,11 +146,12 @@ func New(opts Options) (*Proxy, error) {
 
 // Serving is one pod being served; Stop ends it.
 type Serving struct {
-	pod    *Pod
-	cancel context.CancelFunc
-	hsrv   *hbone.Server
-	client *hbone.Client
-	wg     sync.WaitGroup
+	pod      *Pod
+	stopOnce sync.Once
+	cancel   context.CancelFunc
+	hsrv     *hbone.Server
+	client   *hbone.Client
+	wg       sync.WaitGroup
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -176,9 +179,38 @@ func (p *Proxy) Serve(pod *Pod) (*Serving, error) {
 	return s, nil
 }
 
+// Drain stops accepting connections (the pod's new connections are then
+// refused, never let through) and waits until its connections end or ctx
+// is done, then stops.
+func (s *Serving) Drain(ctx context.Context) {
+	_ = s.pod.Listeners.Close()
+	_ = s.hsrv.Shutdown(ctx) // GOAWAY, then waits for the tunnels' streams
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for s.active() > 0 {
+		select {
+		case <-ctx.Done():
+			s.Stop()
+			return
+		case <-tick.C:
+		}
+	}
+	s.Stop()
+}
+
+func (s *Serving) active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 // Stop closes the listeners and every connection of the pod and waits for
-// its goroutines.
+// its goroutines. It may be called more than once.
 func (s *Serving) Stop() {
+	s.stopOnce.Do(s.stop)
+}
+
+func (s *Serving) stop() {
 	s.cancel()
 	_ = s.pod.Listeners.Close()
 	s.hsrv.Close()
@@ -249,7 +281,7 @@ func addrPort(a net.Addr) netip.AddrPort {
 
 // outbound handles a connection the pod opened, diverted to 15001.
 func (p *Proxy) outbound(ctx context.Context, s *Serving, c net.Conn, log *slog.Logger) {
-	ev := Event{Direction: "outbound", Pod: s.pod, Source: addrPort(c.RemoteAddr())}
+	ev := Event{Direction: "outbound", Pod: s.pod, Source: addrPort(c.RemoteAddr()), Start: time.Now()}
 	defer p.observe(&ev)
 	dst, err := inpod.OriginalDst(c)
 	if err != nil {
@@ -303,7 +335,7 @@ func (p *Proxy) outbound(ctx context.Context, s *Serving, c net.Conn, log *slog.
 // delivers it to the application with the source's IP.
 func (p *Proxy) inboundHBONE(ctx context.Context, s *Serving, req *hbone.Request, log *slog.Logger) error {
 	src := addrPort(req.RemoteAddr)
-	ev := Event{Direction: "inbound", Pod: s.pod, Peer: req.Peer, MTLS: true, Source: src, Dest: req.Target}
+	ev := Event{Direction: "inbound", Pod: s.pod, Peer: req.Peer, MTLS: true, Source: src, Dest: req.Target, Start: time.Now()}
 	defer p.observe(&ev)
 	if !s.pod.hasIP(req.Target.Addr()) {
 		ev.Err = fmt.Errorf("target %s is not this pod", req.Target)
@@ -342,7 +374,7 @@ func (p *Proxy) inboundHBONE(ctx context.Context, s *Serving, req *hbone.Request
 // inboundPlaintext handles TCP that reached the pod without the mesh.
 func (p *Proxy) inboundPlaintext(ctx context.Context, s *Serving, c net.Conn, log *slog.Logger) {
 	src := addrPort(c.RemoteAddr())
-	ev := Event{Direction: "inbound", Pod: s.pod, Source: src}
+	ev := Event{Direction: "inbound", Pod: s.pod, Source: src, Start: time.Now()}
 	defer p.observe(&ev)
 	dst, err := inpod.TProxyDst(c)
 	if err != nil {
@@ -376,6 +408,7 @@ func (p *Proxy) inboundPlaintext(ctx context.Context, s *Serving, c net.Conn, lo
 }
 
 func (p *Proxy) observe(ev *Event) {
+	ev.Duration = time.Since(ev.Start)
 	if p.opts.Observe != nil {
 		p.opts.Observe(*ev)
 	}

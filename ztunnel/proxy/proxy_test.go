@@ -384,3 +384,72 @@ func TestStopClosesEverything(t *testing.T) {
 		t.Error("connection still open after Stop")
 	}
 }
+
+// Drain refuses new connections at once, lets running ones finish, and
+// returns when they have.
+func TestDrainLetsConnectionsFinish(t *testing.T) {
+	netnstest.RequireRoot(t)
+	m := newMesh(t)
+	pair := netnstest.NewPair(t, 64)
+	podA := enroll(t, pair.NS, "a", pair.IP4, m.cert(t, "default", "client"))
+	app(t, pair.PeerNS, "0.0.0.0:9090")
+	p, err := New(Options{Bundle: m.bundle, Router: routes{}, Authz: &policy{allow: func(Inbound) bool { return true }}, Log: testLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := p.Serve(podA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(pair.PeerIP4, 9090)
+	c, err := dialFrom(t, pair.NS, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := netnstest.RoundTrip(c, "before"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	drained := make(chan struct{})
+	go func() { s.Drain(ctx); close(drained) }()
+
+	// New connections are refused (captured, and nothing listens).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		nc, err := dialFrom(t, pair.NS, dst)
+		if err != nil {
+			break
+		}
+		_ = nc.SetReadDeadline(time.Now().Add(time.Second))
+		_, werr := nc.Write([]byte("x"))
+		_, rerr := nc.Read(make([]byte, 1))
+		nc.Close()
+		if werr != nil || rerr != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new connections still carried during drain")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The running one still works, and Drain waits for it.
+	if got, err := netnstest.RoundTrip(c, "during"); err != nil || got != "during" {
+		t.Fatalf("running connection during drain: %q %v", got, err)
+	}
+	select {
+	case <-drained:
+		t.Fatal("Drain returned with a connection still running")
+	case <-time.After(200 * time.Millisecond):
+	}
+	c.Close()
+	select {
+	case <-drained:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Drain did not return after the last connection ended")
+	}
+	if ctx.Err() != nil {
+		t.Error("Drain waited for its deadline instead of the connection")
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -876,4 +877,26 @@ func (s *Store) deliver(events []Event) {
 			sub.fn(mine)
 		}
 	}
+}
+
+// Snapshot is everything the store holds, sorted, for the admin view.
+type Snapshot struct {
+	Workloads      []*workloadv1.Workload
+	Services       []*workloadv1.Service
+	Authorizations []*workloadv1.Authorization
+}
+
+// Snapshot returns the store's content. The messages are shared: do not
+// modify them.
+func (s *Store) Snapshot() Snapshot {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	snap := Snapshot{Workloads: sortedWorkloads(s.workloads)}
+	for _, k := range slices.Sorted(maps.Keys(s.services)) {
+		snap.Services = append(snap.Services, s.services[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.policies)) {
+		snap.Authorizations = append(snap.Authorizations, s.policies[k])
+	}
+	return snap
 }

@@ -98,13 +98,18 @@ unit-test: kube-bins
 	@for m in $(SUBMODULES); do (cd $$m && $(GO) test -race -count=1 -timeout 8m ./...) || exit 1; done
 
 BENCHTIME ?= 2s
+# Packages with benchmarks (figures in docs/performance.md and docs/waypoint.md).
+BENCH_PKGS := ./pkg/hbone/ ./istiod-lite/ambient/ ./ztunnel/authz/ ./ztunnel/state/ ./ztunnel/capture/ ./waypoint/router/
+
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./pkg/hbone/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem $(BENCH_PKGS)
 
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/identity/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAuthority$$' -fuzztime $(FUZZTIME) ./pkg/hbone/
+	$(GO) test -run '^$$' -fuzz '^FuzzEvaluate$$' -fuzztime $(FUZZTIME) ./ztunnel/authz/
+	$(GO) test -run '^$$' -fuzz '^FuzzCompileRoute$$' -fuzztime $(FUZZTIME) ./waypoint/router/
 
 demo:
 	devcluster/scripts/demo.sh

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -196,17 +197,23 @@ func (w *podWatch) serviceAccount(ctx context.Context, ns, name string) (string,
 // Pod deletion is normally handled by CNI DEL; a deleted pod is released
 // here too.
 func (w *podWatch) reconcileLoop(ctx context.Context, e *enroll.Enroller) {
-	// Everything once at start: re-adopt after a restart.
+	// Everything once at start: re-adopt after a restart, and clean the
+	// rules an earlier ztunnel left in pods that are no longer captured.
 	pods, _ := w.podLister.List(labels.Everything())
+	startup := make(map[string]bool, len(pods))
 	for _, p := range pods {
-		w.queue.Add(p.Namespace + "/" + p.Name)
+		key := p.Namespace + "/" + p.Name
+		startup[key] = true
+		w.queue.Add(key)
 	}
 	for {
 		key, quit := w.queue.Get()
 		if quit {
 			return
 		}
-		if err := w.sync(ctx, e, key); err != nil && ctx.Err() == nil {
+		first := startup[key]
+		delete(startup, key)
+		if err := w.sync(ctx, e, key, first); err != nil && ctx.Err() == nil {
 			w.log.Warn("enrollment reconcile failed; retrying", "pod", key, "error", err)
 			w.queue.AddRateLimited(key)
 		} else {
@@ -216,7 +223,10 @@ func (w *podWatch) reconcileLoop(ctx context.Context, e *enroll.Enroller) {
 	}
 }
 
-func (w *podWatch) sync(ctx context.Context, e *enroll.Enroller, key string) error {
+// sync reconciles one pod. Releasing a pod the enroller does not hold
+// means finding its namespace (a /proc scan), so that is done only in the
+// startup pass; later, only pods this ztunnel enrolled are released.
+func (w *podWatch) sync(ctx context.Context, e *enroll.Enroller, key string, startup bool) error {
 	ns, name := splitKey(key)
 	p, err := w.podLister.Pods(ns).Get(name)
 	if apierrors.IsNotFound(err) {
@@ -246,7 +256,13 @@ func (w *podWatch) sync(ctx context.Context, e *enroll.Enroller, key string) err
 		if len(ips) == 0 {
 			return nil
 		}
-		return e.ReleasePod(ctx, enroll.Pod{PodRef: ref, IPs: ips})
+		if startup {
+			return e.ReleasePod(ctx, enroll.Pod{PodRef: ref, IPs: ips})
+		}
+		if err := e.Check(ctx, ref); errors.Is(err, enroll.ErrNotEnrolled) {
+			return nil
+		}
+		return e.Release(ctx, ref)
 	}
 }
 

@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 need_root
 
-APT_PKGS="runc containernetworking-plugins iptables conntrack iproute2 util-linux openssl busybox-static curl ca-certificates"
+APT_PKGS="runc containernetworking-plugins iptables conntrack iproute2 util-linux openssl busybox-static curl ca-certificates iperf3"
 apt_install() {
 	local missing=()
 	for p in $APT_PKGS; do
@@ -64,4 +64,13 @@ if ! cached "$PAYLOAD_BIN" coredns echo-basic server client pause mkimage; then
 	finish "$PAYLOAD_BIN"
 fi
 ln -sfn "$PAYLOAD_BIN" "$CACHE_DIR/payload"
-log "binaries ready: $K8S_BIN $CONTAINERD_BIN $PAYLOAD_BIN"
+
+# fortio (load generator and server) for the ztunnel data-path benchmark
+# (make bench-mesh); the image also carries Debian's iperf3 (APT_PKGS).
+[[ -n $FORTIO_VERSION ]] || die "cannot read the fortio version from $DC_DIR/tools/fortio/go.mod"
+if ! cached "$FORTIO_BIN" fortio; then
+	log "building fortio $FORTIO_VERSION into $FORTIO_BIN (~30 s cold)"
+	go_build fortio "$FORTIO_BIN" fortio.org/fortio
+	finish "$FORTIO_BIN"
+fi
+log "binaries ready: $K8S_BIN $CONTAINERD_BIN $PAYLOAD_BIN $FORTIO_BIN"

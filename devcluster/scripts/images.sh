@@ -2,10 +2,12 @@
 # Builds the OCI images devcluster runs and imports them into every running
 # node's containerd.
 #   images.sh base     build (once, cached) pause, CoreDNS, echo-basic,
-#                      echo-advanced and the toolbox image
+#                      echo-advanced, the toolbox and the fortio image
 #   images.sh ambit    build ztunnel, waypoint, istiod-lite from the work
 #                      tree into ambit/<name>:$AMBIT_IMAGE_TAG (every time)
-#   images.sh import   import every built image into the running nodes
+#   images.sh import [NAME...]
+#                      import every built image (or only the archives
+#                      NAME.tar, e.g. fortio) into the running nodes
 #   images.sh all      base + ambit + import
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -14,12 +16,13 @@ need_root
 PAYLOAD=$CACHE_DIR/payload/
 MKIMAGE=$PAYLOAD/mkimage
 [[ -x $MKIMAGE ]] || die "image payloads not built: run devcluster/scripts/build.sh first"
-BASE_KEY=$(basename "$(readlink -f "$CACHE_DIR/payload/..")")-$(sha256sum "$0" | cut -c1-8)
+BASE_KEY=$(basename "$(readlink -f "$CACHE_DIR/payload/..")")-$({ cat "$0"; echo "$FORTIO_BIN"; } | sha256sum | cut -c1-8)
 BASE_DIR=$IMAGES_DIR/base-$BASE_KEY
 AMBIT_DIR=$IMAGES_DIR/ambit
 
 build_base() {
 	[[ -f $BASE_DIR/.done ]] && return 0
+	[[ -x $FORTIO_BIN/fortio && -x /usr/bin/iperf3 ]] || die "fortio ($FORTIO_BIN) or iperf3 missing: run devcluster/scripts/build.sh first"
 	log "building base images into $BASE_DIR"
 	rm -rf "$BASE_DIR" && mkdir -p "$BASE_DIR"
 	local tmp
@@ -55,6 +58,15 @@ build_base() {
 	printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$tmp/passwd"
 	args+=(-f "$tmp/passwd=/etc/passwd:644")
 	"$MKIMAGE" -o "$BASE_DIR/toolbox.tar" -t "$TOOLBOX_IMAGE" "${args[@]}" -entrypoint /bin/sh >/dev/null
+
+	# fortio (server and load client, the entrypoint) and Debian's iperf3
+	# with the shared libraries it links, for make bench-mesh. iperf3 needs
+	# a writable /tmp (the benchmark's pods mount an emptyDir there).
+	args=(-f "$FORTIO_BIN/fortio=/usr/bin/fortio" -f /usr/bin/iperf3=/usr/bin/iperf3)
+	for lib in $(ldd /usr/bin/iperf3 | grep -o '/[^ ]*' | sort -u); do
+		args+=(-f "$(readlink -f "$lib")=$lib")
+	done
+	"$MKIMAGE" -o "$BASE_DIR/fortio.tar" -t "$FORTIO_IMAGE" "${args[@]}" -entrypoint /usr/bin/fortio -cmd server >/dev/null
 	touch "$BASE_DIR/.done"
 }
 
@@ -71,9 +83,17 @@ build_ambit() {
 }
 
 import_all() {
-	local n tars=()
+	local n t name tars=()
 	[[ -d $BASE_DIR ]] && tars+=("$BASE_DIR"/*.tar)
 	[[ -d $AMBIT_DIR ]] && tars+=("$AMBIT_DIR"/*.tar)
+	if (($#)); then
+		local all=("${tars[@]}")
+		tars=()
+		for name in "$@"; do
+			for t in "${all[@]}"; do [[ $(basename "$t" .tar) == "$name" ]] && tars+=("$t"); done
+		done
+		((${#tars[@]} == $#)) || die "not every one of '$*' is a built image archive (have: ${all[*]##*/})"
+	fi
 	((${#tars[@]})) || die "no images built yet"
 	for ((n = 1; n <= NODES; n++)); do
 		local sock=$RUN_DIR/n$n/containerd.sock
@@ -89,7 +109,7 @@ import_all() {
 case ${1:-all} in
 base) build_base ;;
 ambit) build_ambit ;;
-import) import_all ;;
+import) shift && import_all "$@" ;;
 all) build_base && build_ambit && import_all ;;
-*) die "usage: images.sh base|ambit|import|all" ;;
+*) die "usage: images.sh base|ambit|import [NAME...]|all" ;;
 esac

@@ -14,6 +14,7 @@ COREDNS_IMAGE=registry.k8s.io/coredns/coredns:$COREDNS_VERSION
 ECHO_BASIC_IMAGES="registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0 registry.k8s.io/gateway-api/conformance/echo-basic:v0.2.0 registry.k8s.io/gateway-api/conformance/echo-basic:latest"
 ECHO_ADVANCED_IMAGE=registry.k8s.io/gateway-api/conformance/echo-advanced:v0.1.0
 TOOLBOX_IMAGE=ambit/toolbox:dev
+FORTIO_IMAGE=ambit/fortio:dev  # fortio + iperf3, for make bench-mesh
 AMBIT_IMAGE_TAG=${AMBIT_IMAGE_TAG:-dev}
 
 CACHE_DIR=${DEVCLUSTER_CACHE:-/var/cache/ambit-devcluster}
@@ -49,6 +50,9 @@ K8S_BIN=$CACHE_DIR/k8s-$K8S_VERSION-etcd-$ETCD_VERSION/bin
 CONTAINERD_BIN=$CACHE_DIR/containerd-$CONTAINERD_VERSION/bin
 IMAGES_DIR=$CACHE_DIR/images
 TOOLS_BIN=$CACHE_DIR/tools/bin
+# fortio, keyed by its pinned version and the tools module's go.sum.
+FORTIO_VERSION=$(awk '$1 == "require" && $2 == "fortio.org/fortio" { print $3 }' "$DC_DIR/tools/fortio/go.mod" 2>/dev/null || true)
+FORTIO_BIN=$CACHE_DIR/fortio-${FORTIO_VERSION:-unknown}-$( (sha256sum "$DC_DIR/tools/fortio/go.sum" 2>/dev/null || true) | cut -c1-12)/bin
 
 log() { printf '[devcluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[devcluster] ERROR: %s\n' "$*" >&2; exit 1; }

@@ -328,10 +328,12 @@ type result struct {
 	Seconds    float64            // wall time of the run
 	ZtunnelCPU map[string]float64 // node -> ztunnel CPU seconds over the run
 	ZtunnelSys map[string]float64 // node -> of which in the kernel (stime)
-	AppCPU     float64            // CPU seconds of the client and server pods (fortio or iperf3; cgroup cpuacct)
-	MachineCPU float64            // busy fraction of all of the machine's CPUs over the run
-	HTTP       *fortioResult      `json:",omitempty"`
-	TCP        *iperfResult       `json:",omitempty"`
+	// node -> ztunnel's read-like + write-like syscalls, context switches
+	ZtunnelSyscalls, ZtunnelCtxSw map[string]uint64
+	AppCPU                        float64       // CPU seconds of the client and server pods (fortio or iperf3; cgroup cpuacct)
+	MachineCPU                    float64       // busy fraction of all of the machine's CPUs over the run
+	HTTP                          *fortioResult `json:",omitempty"`
+	TCP                           *iperfResult  `json:",omitempty"`
 }
 
 const maxAttempts = 5
@@ -353,7 +355,7 @@ func (c *config) measure(ctx context.Context, zt *ztunnels, b *bench, round int,
 		if err != nil {
 			return nil, err
 		}
-		res := &result{Mode: b.mode, Round: round, Seconds: el, ZtunnelCPU: map[string]float64{}, ZtunnelSys: map[string]float64{}, MachineCPU: m1.busySince(m0), AppCPU: a1 - a0}
+		res := &result{Mode: b.mode, Round: round, Seconds: el, ZtunnelCPU: map[string]float64{}, ZtunnelSys: map[string]float64{}, ZtunnelSyscalls: map[string]uint64{}, ZtunnelCtxSw: map[string]uint64{}, MachineCPU: m1.busySince(m0), AppCPU: a1 - a0}
 		restarted := false
 		for node, a := range after {
 			s, ok := before[node]
@@ -363,6 +365,8 @@ func (c *config) measure(ctx context.Context, zt *ztunnels, b *bench, round int,
 			}
 			res.ZtunnelCPU[node] = float64(a.ticks-s.ticks) / clockTicks
 			res.ZtunnelSys[node] = float64(a.sys-s.sys) / clockTicks
+			res.ZtunnelSyscalls[node] = a.syscr + a.syscw - s.syscr - s.syscw
+			res.ZtunnelCtxSw[node] = a.ctxsw - s.ctxsw
 		}
 		if restarted {
 			if attempt == maxAttempts {
@@ -526,6 +530,9 @@ type cpuSample struct {
 	start uint64 // starttime, to tell a restarted process
 	ticks uint64 // utime + stime
 	sys   uint64 // stime
+	// From /proc/<pid>/io and the threads' status: read-like and
+	// write-like system calls, context switches.
+	syscr, syscw, ctxsw uint64
 }
 
 func newZtunnels(ctx context.Context, c *config) (*ztunnels, error) {
@@ -615,9 +622,42 @@ func (z *ztunnels) sample() (map[string]cpuSample, error) {
 			return nil, fmt.Errorf("/proc/%d/stat: %v", pid, err)
 		}
 		s.pid = pid
+		s.syscr, s.syscw, s.ctxsw = procCounters(pid)
 		m[zt.node] = s
 	}
 	return m, nil
+}
+
+// procCounters reads a process's syscr and syscw (/proc/<pid>/io) and the
+// context switches of its threads (/proc/<pid>/task/*/status).
+func procCounters(pid int) (syscr, syscw, ctxsw uint64) {
+	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			switch k {
+			case "syscr":
+				syscr = n
+			case "syscw":
+				syscw = n
+			}
+		}
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, t := range tasks {
+		data, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			if k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches" {
+				n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+				ctxsw += n
+			}
+		}
+	}
+	return syscr, syscw, ctxsw
 }
 
 // parseStat reads utime+stime and starttime from /proc/<pid>/stat.
@@ -645,10 +685,11 @@ func parseStat(data []byte) (cpuSample, error) {
 }
 
 type memSample struct {
-	RSS, HWM int64 // bytes
+	RSS, HWM, Anon, File int64 // bytes: VmRSS, VmHWM, RssAnon, RssFile
 }
 
-// memory reads VmRSS and VmHWM of each ztunnel (missing: left out).
+// memory reads VmRSS, VmHWM, RssAnon and RssFile of each ztunnel
+// (missing: left out).
 func (z *ztunnels) memory() map[string]memSample {
 	m := map[string]memSample{}
 	for _, zt := range z.all {
@@ -672,6 +713,10 @@ func (z *ztunnels) memory() map[string]memSample {
 				s.RSS = kb << 10
 			case "VmHWM:":
 				s.HWM = kb << 10
+			case "RssAnon:":
+				s.Anon = kb << 10
+			case "RssFile:":
+				s.File = kb << 10
 			}
 		}
 		m[zt.node] = s

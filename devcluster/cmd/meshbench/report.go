@@ -109,6 +109,7 @@ func (r *report) print(w io.Writer, z *ztunnels) {
 		return summarize(v)
 	}
 	var perK, perKClient, perKServer, gross, bgRate, sysShare, appD, appM, totD, totM, totAdded []float64
+	sysc, ctx := map[string][]float64{}, map[string][]float64{}
 	for round := 1; round <= c.rounds; round++ {
 		m, d := pair(r.HTTP, "mesh", round), pair(r.HTTP, "direct", round)
 		if m == nil {
@@ -120,6 +121,10 @@ func (r *report) print(w io.Writer, z *ztunnels) {
 		perKClient = append(perKClient, n[cn]/k)
 		perKServer = append(perKServer, n[sn]/k)
 		gross = append(gross, (m.ZtunnelCPU[cn]+m.ZtunnelCPU[sn])/k)
+		for _, node := range []string{cn, sn} {
+			sysc[node] = append(sysc[node], float64(m.ZtunnelSyscalls[node])/float64(m.HTTP.Requests))
+			ctx[node] = append(ctx[node], float64(m.ZtunnelCtxSw[node])/float64(m.HTTP.Requests))
+		}
 		if t := m.ZtunnelCPU[cn] + m.ZtunnelCPU[sn]; t > 0 {
 			sysShare = append(sysShare, (m.ZtunnelSys[cn]+m.ZtunnelSys[sn])/t*100)
 		}
@@ -143,11 +148,15 @@ func (r *report) print(w io.Writer, z *ztunnels) {
 	fmt.Fprintf(w, "| the same without subtracting the background | – | %s | background during direct runs: %s vCPU (both ztunnels) |\n",
 		summarize(gross).f(3), summarize(bgRate).f(3))
 	fmt.Fprintf(w, "| share of the ztunnels' CPU time spent in the kernel (stime) during mesh runs | – | %s%% | |\n", summarize(sysShare).f(0))
+	fmt.Fprintf(w, "| per request, ztunnel on %s / on %s: read+write system calls (/proc/<pid>/io syscr+syscw) | – | %s / %s | |\n", cn, sn, summarize(sysc[cn]).f(1), summarize(sysc[sn]).f(1))
+	fmt.Fprintf(w, "| per request, ztunnel on %s / on %s: context switches (all threads) | – | %s / %s | |\n", cn, sn, summarize(ctx[cn]).f(1), summarize(ctx[sn]).f(1))
 	fmt.Fprintf(w, "| fortio client + server pods' CPU s per 1,000 requests | %s | %s | |\n", summarize(appD).f(3), summarize(appM).f(3))
 	fmt.Fprintf(w, "| whole data path (fortio pods + ztunnels) CPU s per 1,000 requests | %s | %s | %s |\n", summarize(totD).f(3), summarize(totM).f(3), summarize(totAdded).f(3))
 	for _, node := range []string{cn, sn} {
 		fmt.Fprintf(w, "| ztunnel on %s: VmRSS, MiB | before: %s | after HTTP: %s, after iperf3: %s | peak since ztunnel start (VmHWM): %s |\n", node,
 			mib(r.ZtunnelIdle[node].RSS), mib(r.ZtunnelAfterHTTP[node].RSS), mib(r.ZtunnelAfterTCP[node].RSS), mib(r.ZtunnelAfterTCP[node].HWM))
+		fmt.Fprintf(w, "| ztunnel on %s: of which anonymous (RssAnon; the rest is the mapped binary, RssFile), MiB | before: %s | after HTTP: %s, after iperf3: %s | |\n", node,
+			mib(r.ZtunnelIdle[node].Anon), mib(r.ZtunnelAfterHTTP[node].Anon), mib(r.ZtunnelAfterTCP[node].Anon))
 	}
 
 	if len(r.TCP) > 0 {

@@ -33,5 +33,6 @@ func newRootCommand() *cobra.Command {
 		},
 	})
 	root.AddCommand(newDevCommand())
+	root.AddCommand(newWaypointCommand())
 	return root
 }

@@ -245,9 +245,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("ztunnel: %w", err)
 	}
+	fatal := make(chan error, 1)
 	wg.Go(func() {
 		if err := srv.ListenAndServe(ctx, cfg.CNISocket); err != nil && ctx.Err() == nil {
-			log.Error("CNI server stopped", "error", err)
+			fatal <- fmt.Errorf("ztunnel: CNI server: %w", err)
 			cancel()
 		}
 	})
@@ -284,13 +285,18 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready()
 	}
 	<-ctx.Done()
+	var runErr error
+	select {
+	case runErr = <-fatal:
+	default:
+	}
 	// Drain: stop taking connections (the pods' rules stay, so new ones
 	// are refused, not let through) and give running ones time to end.
 	dctx, dcancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	served.drainAll(dctx)
 	dcancel()
 	wg.Wait()
-	return nil
+	return runErr
 }
 
 func hostOf(addr string) string {

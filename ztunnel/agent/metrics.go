@@ -118,7 +118,7 @@ func (o *connObserver) observe(ev proxy.Event) {
 		"src_workload", src.namespace + "/" + src.workload, "src_identity", src.principal,
 		"dst_workload", dst.namespace + "/" + dst.workload, "dst_identity", dst.principal,
 		"service", ev.Route.Service, "security", security, "sent", ev.Sent, "received", ev.Recv,
-		"duration_ms", float64(ev.Duration.Microseconds())/1000, "outcome", fl}
+		"duration_ms", float64(ev.Duration.Microseconds()) / 1000, "outcome", fl}
 	if ev.Err != nil {
 		attrs = append(attrs, "error", ev.Err.Error())
 	}

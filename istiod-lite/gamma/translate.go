@@ -14,6 +14,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -157,14 +158,14 @@ func translateMatch(m *gatewayv1.HTTPRouteMatch) (*routev3.RouteMatch, precedenc
 	}
 	switch pm.kind {
 	case gatewayv1.PathMatchExact:
-		if !strings.HasPrefix(pm.value, "/") {
-			return nil, key, pm, fmt.Errorf("path %q must start with /", pm.value)
+		if !validPath(pm.value) {
+			return nil, key, pm, fmt.Errorf("path %q must start with / and have no ?, # or control characters", pm.value)
 		}
 		rm.PathSpecifier = &routev3.RouteMatch_Path{Path: pm.value}
 		key.pathKind, key.pathLen = 0, len(pm.value)
 	case gatewayv1.PathMatchPathPrefix:
-		if !strings.HasPrefix(pm.value, "/") {
-			return nil, key, pm, fmt.Errorf("path prefix %q must start with /", pm.value)
+		if !validPath(pm.value) {
+			return nil, key, pm, fmt.Errorf("path prefix %q must start with / and have no ?, # or control characters", pm.value)
 		}
 		p := strings.TrimRight(pm.value, "/")
 		if p == "" {
@@ -183,19 +184,30 @@ func translateMatch(m *gatewayv1.HTTPRouteMatch) (*routev3.RouteMatch, precedenc
 	default:
 		return nil, key, pm, fmt.Errorf("unsupported path match type %q", pm.kind)
 	}
+	// The spec: of several matches of one header (names are
+	// case-insensitive) or query parameter, only the first counts.
+	seenHeaders, seenQueries := map[string]bool{}, map[string]bool{}
 	for _, h := range m.Headers {
+		if seenHeaders[strings.ToLower(string(h.Name))] {
+			continue
+		}
+		seenHeaders[strings.ToLower(string(h.Name))] = true
 		sm, err := stringMatch(h.Type == nil || *h.Type == gatewayv1.HeaderMatchExact, h.Type, h.Value)
 		if err != nil {
 			return nil, key, pm, fmt.Errorf("header %q: %w", h.Name, err)
 		}
 		name := strings.ToLower(string(h.Name))
-		if name == "" || strings.HasPrefix(name, ":") {
+		if !httpguts.ValidHeaderFieldName(name) {
 			return nil, key, pm, fmt.Errorf("invalid header name %q", h.Name)
 		}
 		rm.Headers = append(rm.Headers, &routev3.HeaderMatcher{Name: name,
 			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: sm}})
 	}
 	for _, q := range m.QueryParams {
+		if seenQueries[string(q.Name)] {
+			continue
+		}
+		seenQueries[string(q.Name)] = true
 		var typ *gatewayv1.HeaderMatchType
 		if q.Type != nil {
 			ht := gatewayv1.HeaderMatchType(*q.Type)
@@ -205,8 +217,8 @@ func translateMatch(m *gatewayv1.HTTPRouteMatch) (*routev3.RouteMatch, precedenc
 		if err != nil {
 			return nil, key, pm, fmt.Errorf("query parameter %q: %w", q.Name, err)
 		}
-		if q.Name == "" {
-			return nil, key, pm, fmt.Errorf("empty query parameter name")
+		if q.Name == "" || len(q.Name) > 1024 {
+			return nil, key, pm, fmt.Errorf("invalid query parameter name %q", q.Name)
 		}
 		rm.QueryParameters = append(rm.QueryParameters, &routev3.QueryParameterMatcher{Name: string(q.Name),
 			QueryParameterMatchSpecifier: &routev3.QueryParameterMatcher_StringMatch{StringMatch: sm}})
@@ -217,7 +229,7 @@ func translateMatch(m *gatewayv1.HTTPRouteMatch) (*routev3.RouteMatch, precedenc
 				MatchPattern: &matcherv3.StringMatcher_Exact{Exact: string(*m.Method)}}}})
 		key.method = true
 	}
-	key.headers, key.queries = len(m.Headers), len(m.QueryParams)
+	key.headers, key.queries = len(seenHeaders), len(seenQueries)
 	return rm, key, pm, nil
 }
 
@@ -285,7 +297,7 @@ func (t *translator) resolve(r *gatewayv1.HTTPRoute, ref gatewayv1.BackendObject
 		res.refError(gatewayv1.RouteReasonBackendNotFound, "backend %s/%s: service not found", ns, ref.Name)
 		return resolved{}
 	}
-	if ref.Port == nil || *ref.Port <= 0 {
+	if ref.Port == nil || *ref.Port < 1 || *ref.Port > 65535 {
 		res.refError(gatewayv1.RouteReasonUnsupportedValue, "backend %s/%s: port is required", ns, ref.Name)
 		return resolved{}
 	}
@@ -473,13 +485,27 @@ func (t *translator) action(r *gatewayv1.HTTPRoute, rule *gatewayv1.HTTPRouteRul
 func headerMutations(f *gatewayv1.HTTPHeaderFilter, request bool) (add []*corev3.HeaderValueOption, remove []string, host string, err error) {
 	check := func(name string) (string, error) {
 		n := strings.ToLower(name)
-		if n == "" || strings.HasPrefix(n, ":") || n == "host" {
+		if !httpguts.ValidHeaderFieldName(n) || n == "host" {
 			return "", fmt.Errorf("header %q may not be modified", name)
 		}
 		return n, nil
 	}
+	checkValue := func(name, v string) error {
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return fmt.Errorf("header %q: invalid value %q", name, v)
+		}
+		return nil
+	}
+	for _, h := range slices.Concat(f.Set, f.Add) {
+		if err := checkValue(string(h.Name), h.Value); err != nil {
+			return nil, nil, "", err
+		}
+	}
 	for _, h := range f.Set {
 		if request && strings.EqualFold(string(h.Name), "host") {
+			if !validHost(h.Value) {
+				return nil, nil, "", fmt.Errorf("header Host: invalid value %q", h.Value)
+			}
 			host = h.Value
 			continue
 		}
@@ -506,6 +532,21 @@ func headerMutations(f *gatewayv1.HTTPHeaderFilter, request bool) (add []*corev3
 		remove = append(remove, n)
 	}
 	return add, remove, host, nil
+}
+
+// validPath reports whether p is an absolute path without query, fragment
+// or characters a header may not carry.
+func validPath(p string) bool {
+	return strings.HasPrefix(p, "/") && !strings.ContainsAny(p, "?#") && httpguts.ValidHeaderFieldValue(p)
+}
+
+// validReplacement reports whether a replacePrefixMatch value is usable:
+// empty or a valid path.
+func validReplacement(p string) bool { return p == "" || validPath(p) }
+
+// validHost reports whether h may be written as an authority.
+func validHost(h string) bool {
+	return h != "" && httpguts.ValidHostHeader(h) && !strings.ContainsAny(h, "/?#@")
 }
 
 // escapeValue escapes % for Envoy's substitution formatter.
@@ -619,6 +660,9 @@ func prefixRewrite(p, repl string) (prefix string, rx *matcherv3.RegexMatchAndSu
 
 func applyRewrite(rw *gatewayv1.HTTPURLRewriteFilter, pm pathMatch, ra *routev3.RouteAction) error {
 	if rw.Hostname != nil {
+		if !validHost(string(*rw.Hostname)) {
+			return fmt.Errorf("URLRewrite: invalid hostname %q", *rw.Hostname)
+		}
 		ra.HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: string(*rw.Hostname)}
 	}
 	if rw.Path == nil {
@@ -626,14 +670,14 @@ func applyRewrite(rw *gatewayv1.HTTPURLRewriteFilter, pm pathMatch, ra *routev3.
 	}
 	switch rw.Path.Type {
 	case gatewayv1.FullPathHTTPPathModifier:
-		if rw.Path.ReplaceFullPath == nil {
-			return fmt.Errorf("URLRewrite: replaceFullPath missing")
+		if rw.Path.ReplaceFullPath == nil || !validPath(*rw.Path.ReplaceFullPath) {
+			return fmt.Errorf("URLRewrite: replaceFullPath missing or invalid")
 		}
 		ra.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: "^.*$"},
 			Substitution: strings.ReplaceAll(*rw.Path.ReplaceFullPath, `\`, `\\`)}
 	case gatewayv1.PrefixMatchHTTPPathModifier:
-		if rw.Path.ReplacePrefixMatch == nil {
-			return fmt.Errorf("URLRewrite: replacePrefixMatch missing")
+		if rw.Path.ReplacePrefixMatch == nil || !validReplacement(*rw.Path.ReplacePrefixMatch) {
+			return fmt.Errorf("URLRewrite: replacePrefixMatch missing or invalid")
 		}
 		if pm.kind != gatewayv1.PathMatchPathPrefix {
 			return fmt.Errorf("URLRewrite: replacePrefixMatch requires a PathPrefix match")
@@ -669,10 +713,16 @@ func (t *translator) redirectAction(rd *gatewayv1.HTTPRequestRedirectFilter, pm 
 		ra.SchemeRewriteSpecifier = &routev3.RedirectAction_SchemeRedirect{SchemeRedirect: s}
 	}
 	if rd.Hostname != nil {
+		if !validHost(string(*rd.Hostname)) {
+			return nil, fmt.Errorf("RequestRedirect: invalid hostname %q", *rd.Hostname)
+		}
 		ra.HostRedirect = string(*rd.Hostname)
 	}
 	switch {
 	case rd.Port != nil:
+		if *rd.Port < 1 || *rd.Port > 65535 {
+			return nil, fmt.Errorf("RequestRedirect: invalid port %d", *rd.Port)
+		}
 		ra.PortRedirect = uint32(*rd.Port)
 	case rd.Scheme != nil && strings.EqualFold(*rd.Scheme, "https"):
 		ra.PortRedirect = 443
@@ -684,13 +734,13 @@ func (t *translator) redirectAction(rd *gatewayv1.HTTPRequestRedirectFilter, pm 
 	if rd.Path != nil {
 		switch rd.Path.Type {
 		case gatewayv1.FullPathHTTPPathModifier:
-			if rd.Path.ReplaceFullPath == nil {
-				return nil, fmt.Errorf("RequestRedirect: replaceFullPath missing")
+			if rd.Path.ReplaceFullPath == nil || !validPath(*rd.Path.ReplaceFullPath) {
+				return nil, fmt.Errorf("RequestRedirect: replaceFullPath missing or invalid")
 			}
 			ra.PathRewriteSpecifier = &routev3.RedirectAction_PathRedirect{PathRedirect: *rd.Path.ReplaceFullPath}
 		case gatewayv1.PrefixMatchHTTPPathModifier:
-			if rd.Path.ReplacePrefixMatch == nil {
-				return nil, fmt.Errorf("RequestRedirect: replacePrefixMatch missing")
+			if rd.Path.ReplacePrefixMatch == nil || !validReplacement(*rd.Path.ReplacePrefixMatch) {
+				return nil, fmt.Errorf("RequestRedirect: replacePrefixMatch missing or invalid")
 			}
 			if pm.kind != gatewayv1.PathMatchPathPrefix {
 				return nil, fmt.Errorf("RequestRedirect: replacePrefixMatch requires a PathPrefix match")

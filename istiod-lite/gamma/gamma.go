@@ -30,6 +30,9 @@ type Service struct {
 	VIPs []string
 	// Ports are the Service's HTTP ports; one RouteConfiguration each.
 	Ports []uint32
+	// PortNames maps the Service's port names to their numbers, for
+	// parentRefs with a sectionName (GAMMA: the port's name).
+	PortNames map[string]uint32
 }
 
 // Lookup answers the questions the translation asks about other objects.
@@ -127,6 +130,16 @@ func RoutesForService(svc Service, routes []*gatewayv1.HTTPRoute, opts Options) 
 			}
 			st := RouteStatus{Namespace: r.Namespace, Name: r.Name, ParentRef: pr}
 			ports := svc.Ports
+			if pr.SectionName != nil {
+				n, ok := svc.PortNames[string(*pr.SectionName)]
+				if !ok || !slices.Contains(svc.Ports, n) || (pr.Port != nil && uint32(*pr.Port) != n) {
+					st.Conditions = conditions(r, false, string(gatewayv1.RouteReasonNoMatchingParent),
+						fmt.Sprintf("service %s/%s has no HTTP port named %q", svc.Namespace, svc.Name, *pr.SectionName), nil)
+					statuses = append(statuses, st)
+					continue
+				}
+				ports = []uint32{n}
+			}
 			if pr.Port != nil {
 				if !slices.Contains(svc.Ports, uint32(*pr.Port)) {
 					st.Conditions = conditions(r, false, string(gatewayv1.RouteReasonNoMatchingParent),

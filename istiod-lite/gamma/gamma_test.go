@@ -338,6 +338,9 @@ func TestStatus(t *testing.T) {
 	}
 	wrongPort := httpRoute("wrongport", 0, rule(nil, backend("v1", 80, 1)))
 	wrongPort.Spec.ParentRefs[0].Port = ptr(gatewayv1.PortNumber(1234))
+	named := httpRoute("sectionname", 0, rule(nil, backend("v1", 80, 1)))
+	named.Spec.ParentRefs[0].SectionName = ptr(gatewayv1.SectionName("grpc"))
+	routes = append(routes, named)
 	other := httpRoute("otherparent", 0, rule(nil, backend("v1", 80, 1)))
 	other.Spec.ParentRefs = []gatewayv1.ParentReference{svcParent("ratings"), {Name: "some-gateway"}}
 	routes = append(routes, wrongPort, other)
@@ -357,6 +360,7 @@ func TestStatus(t *testing.T) {
 		{"partial", "Accepted", "True", "Accepted"},
 		{"partial", "PartiallyInvalid", "True", "UnsupportedValue"},
 		{"wrongport", "Accepted", "False", "NoMatchingParent"},
+		{"sectionname", "Accepted", "False", "NoMatchingParent"},
 	}
 	for _, w := range want {
 		st, ok := byName[w.route]
@@ -390,6 +394,31 @@ func tbls(t *testing.T, rcs []*routev3.RouteConfiguration) *router.Table {
 		t.Fatal(err)
 	}
 	return tbl
+}
+
+func TestPortsAndSectionName(t *testing.T) {
+	svc := reviews
+	svc.Ports = []uint32{9080, 9090}
+	svc.PortNames = map[string]uint32{"http": 9080, "admin": 9090}
+	onAdmin := httpRoute("admin", 0, gatewayv1.HTTPRouteRule{Name: ptr(gatewayv1.SectionName("admin")), BackendRefs: []gatewayv1.HTTPBackendRef{backend("v2", 80, 1)}})
+	onAdmin.Spec.ParentRefs[0].SectionName = ptr(gatewayv1.SectionName("admin"))
+	onHTTP := httpRoute("http", 0, gatewayv1.HTTPRouteRule{Name: ptr(gatewayv1.SectionName("http")), BackendRefs: []gatewayv1.HTTPBackendRef{backend("v1", 80, 1)}})
+	onHTTP.Spec.ParentRefs[0].Port = ptr(gatewayv1.PortNumber(9080))
+	rcs, sts, err := RoutesForService(svc, []*gatewayv1.HTTPRoute{onAdmin, onHTTP}, Options{Lookup: defaultLookup()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rcs) != 2 || routeNames(rcs[0]) != "http" || routeNames(rcs[1]) != "admin" {
+		t.Errorf("routes per port: %s / %s", routeNames(rcs[0]), routeNames(rcs[1]))
+	}
+	if rcs[1].Name != "inbound-vip|9090|http|reviews.default.svc.cluster.local" {
+		t.Errorf("name %s", rcs[1].Name)
+	}
+	for _, s := range sts {
+		if c := cond(t, s, "Accepted"); c.Status != metav1.ConditionTrue {
+			t.Errorf("%s: %+v", s.Name, c)
+		}
+	}
 }
 
 func TestBadInput(t *testing.T) {

@@ -55,6 +55,8 @@ type Options struct {
 // RouteStatus is the status of one HTTPRoute for one of its parentRefs that
 // names the translated Service.
 type RouteStatus struct {
+	// Kind is KindHTTPRoute or KindGRPCRoute.
+	Kind            string
 	Namespace, Name string
 	ParentRef       gatewayv1.ParentReference
 	// Conditions are Accepted, ResolvedRefs and, when some rules were
@@ -100,6 +102,13 @@ func ClusterName(port uint32, hostname string) string {
 // rules or routes: they are dropped or answered with a 500, and reported in
 // the status. The error is only for an unusable svc or opts.
 func RoutesForService(svc Service, routes []*gatewayv1.HTTPRoute, opts Options) ([]*routev3.RouteConfiguration, []RouteStatus, error) {
+	return Translate(svc, Routes{HTTP: routes}, opts)
+}
+
+// Translate is RoutesForService for HTTPRoutes and GRPCRoutes together:
+// a GRPCRoute is translated as the HTTPRoute matching the same gRPC paths,
+// and both kinds share one precedence order.
+func Translate(svc Service, in Routes, opts Options) ([]*routev3.RouteConfiguration, []RouteStatus, error) {
 	if svc.Namespace == "" || svc.Name == "" {
 		return nil, nil, errors.New("gamma: service namespace and name are required")
 	}
@@ -123,12 +132,25 @@ func RoutesForService(svc Service, routes []*gatewayv1.HTTPRoute, opts Options) 
 
 	var statuses []RouteStatus
 	perPort := make(map[uint32][]entry)
+	kinds := make(map[*gatewayv1.HTTPRoute]string)
+	routes := slices.Clone(in.HTTP)
+	for _, g := range in.GRPC {
+		if g != nil {
+			h := grpcAsHTTP(g)
+			kinds[h] = KindGRPCRoute
+			routes = append(routes, h)
+		}
+	}
 	for _, r := range sortedRoutes(routes) {
+		kind := KindHTTPRoute
+		if k, ok := kinds[r]; ok {
+			kind = k
+		}
 		for _, pr := range r.Spec.ParentRefs {
 			if !t.names(r, pr) {
 				continue
 			}
-			st := RouteStatus{Namespace: r.Namespace, Name: r.Name, ParentRef: pr}
+			st := RouteStatus{Kind: kind, Namespace: r.Namespace, Name: r.Name, ParentRef: pr}
 			ports := svc.Ports
 			if pr.SectionName != nil {
 				n, ok := svc.PortNames[string(*pr.SectionName)]
@@ -181,13 +203,27 @@ func (t *translator) names(r *gatewayv1.HTTPRoute, pr gatewayv1.ParentReference)
 // MissingParents returns the status of every parentRef of routes that names
 // a Service (group "", kind Service) the lookup does not know: Accepted
 // False, NoMatchingParent. RoutesForService reports the others.
-func MissingParents(routes []*gatewayv1.HTTPRoute, lookup Lookup) []RouteStatus {
-	var out []RouteStatus
-	for _, r := range routes {
-		if r == nil {
-			continue
+func MissingParents(in Routes, lookup Lookup) []RouteStatus {
+	type src struct {
+		kind string
+		meta *metav1.ObjectMeta
+		refs []gatewayv1.ParentReference
+	}
+	var all []src
+	for _, r := range in.HTTP {
+		if r != nil {
+			all = append(all, src{KindHTTPRoute, &r.ObjectMeta, r.Spec.ParentRefs})
 		}
-		for _, pr := range r.Spec.ParentRefs {
+	}
+	for _, r := range in.GRPC {
+		if r != nil {
+			all = append(all, src{KindGRPCRoute, &r.ObjectMeta, r.Spec.ParentRefs})
+		}
+	}
+	var out []RouteStatus
+	for _, s := range all {
+		r := &gatewayv1.HTTPRoute{ObjectMeta: *s.meta}
+		for _, pr := range s.refs {
 			if pr.Group == nil || *pr.Group != "" || pr.Kind == nil || *pr.Kind != "Service" {
 				continue
 			}
@@ -198,7 +234,7 @@ func MissingParents(routes []*gatewayv1.HTTPRoute, lookup Lookup) []RouteStatus 
 			if lookup.ServiceExists(ns, string(pr.Name)) {
 				continue
 			}
-			out = append(out, RouteStatus{Namespace: r.Namespace, Name: r.Name, ParentRef: pr,
+			out = append(out, RouteStatus{Kind: s.kind, Namespace: r.Namespace, Name: r.Name, ParentRef: pr,
 				Conditions: conditions(r, false, string(gatewayv1.RouteReasonNoMatchingParent),
 					fmt.Sprintf("service %s/%s not found", ns, pr.Name), nil)})
 		}

@@ -381,7 +381,7 @@ func TestStatus(t *testing.T) {
 		t.Errorf("partial: %v", d)
 	}
 
-	missing := MissingParents([]*gatewayv1.HTTPRoute{other}, lk)
+	missing := MissingParents(Routes{HTTP: []*gatewayv1.HTTPRoute{other}}, lk)
 	if len(missing) != 1 || missing[0].ParentRef.Name != "ratings" || cond(t, missing[0], "Accepted").Reason != "NoMatchingParent" {
 		t.Errorf("MissingParents: %+v", missing)
 	}

@@ -179,14 +179,46 @@ func checkRandom(t *testing.T, seed uint64) {
 		}
 		routes = append(routes, rt)
 	}
+	var grpcs []*gatewayv1.GRPCRoute
+	for i := range g.r.IntN(3) {
+		gr := &gatewayv1.GRPCRoute{ObjectMeta: httpRoute("g"+string(rune('a'+i)), g.r.IntN(3)).ObjectMeta}
+		gr.Spec.ParentRefs = []gatewayv1.ParentReference{svcParent("reviews")}
+		for range g.r.IntN(3) {
+			h := g.rule()
+			rl := gatewayv1.GRPCRouteRule{Name: h.Name}
+			for range g.r.IntN(3) {
+				mm := &gatewayv1.GRPCMethodMatch{}
+				if g.maybe() {
+					mm.Type = ptr([]gatewayv1.GRPCMethodMatchType{"Exact", "RegularExpression", "Other"}[g.r.IntN(3)])
+				}
+				if !g.maybe() {
+					mm.Service = ptr(g.str())
+				}
+				if !g.maybe() {
+					mm.Method = ptr(g.str())
+				}
+				rl.Matches = append(rl.Matches, gatewayv1.GRPCRouteMatch{Method: mm,
+					Headers: []gatewayv1.GRPCHeaderMatch{{Name: gatewayv1.GRPCHeaderName(g.str()), Value: g.str()}}})
+			}
+			for _, b := range h.BackendRefs {
+				rl.BackendRefs = append(rl.BackendRefs, gatewayv1.GRPCBackendRef{BackendRef: b.BackendRef})
+			}
+			for _, f := range h.Filters {
+				rl.Filters = append(rl.Filters, gatewayv1.GRPCRouteFilter{Type: gatewayv1.GRPCRouteFilterType(f.Type),
+					RequestHeaderModifier: f.RequestHeaderModifier, ResponseHeaderModifier: f.ResponseHeaderModifier, RequestMirror: f.RequestMirror})
+			}
+			gr.Spec.Rules = append(gr.Spec.Rules, rl)
+		}
+		grpcs = append(grpcs, gr)
+	}
 	svc := reviews
 	svc.Ports = []uint32{9080, 9090}
-	rcs, sts, err := RoutesForService(svc, routes, Options{Lookup: defaultLookup()})
+	rcs, sts, err := Translate(svc, Routes{HTTP: routes, GRPC: grpcs}, Options{Lookup: defaultLookup()})
 	if err != nil {
 		t.Fatalf("seed %d: %v", seed, err)
 	}
-	if len(sts) != len(routes) {
-		t.Fatalf("seed %d: %d statuses for %d routes", seed, len(sts), len(routes))
+	if len(sts) != len(routes)+len(grpcs) {
+		t.Fatalf("seed %d: %d statuses for %d routes", seed, len(sts), len(routes)+len(grpcs))
 	}
 	for _, rc := range rcs {
 		if err := rc.Validate(); err != nil {

@@ -252,46 +252,6 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// kubeletStandIn schedules ns's pending pods onto node and reports them
-// running and ready with an IP, as a scheduler and kubelet would: kubetest
-// runs neither.
-func kubeletStandIn(t *testing.T, env *kubetest.Env, ns, node string) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); <-done })
-	ip := 0
-	go func() {
-		defer close(done)
-		for ctx.Err() == nil {
-			pods, err := env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-			if err == nil {
-				for i := range pods.Items {
-					p := &pods.Items[i]
-					if p.Spec.NodeName == "" {
-						b := &corev1.Binding{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: ns, UID: p.UID}, Target: corev1.ObjectReference{Kind: "Node", Name: node}}
-						_ = env.Client.CoreV1().Pods(ns).Bind(ctx, b, metav1.CreateOptions{})
-						continue
-					}
-					if p.Status.PodIP == "" {
-						ip++
-						now := metav1.Now()
-						p.Status.Phase = corev1.PodRunning
-						p.Status.PodIP = fmt.Sprintf("10.77.0.%d", ip)
-						p.Status.PodIPs = []corev1.PodIP{{IP: p.Status.PodIP}}
-						p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}}
-						_, _ = env.Client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-					}
-				}
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}()
-}
-
 var authorizationPolicies = controller.AuthorizationPolicies
 
 func createPolicy(t *testing.T, dyn dynamic.Interface, ns, name string, spec map[string]any) {
@@ -354,7 +314,7 @@ func TestIstiodLite(t *testing.T) {
 	tokenB := env.Token(t, sys, "ztunnel", kubetest.TokenOptions{Audiences: []string{auth.DefaultAudience}, Pod: ztb})
 
 	// A Deployment of two, its Service, and a namespace policy.
-	kubeletStandIn(t, env, apps, "node-a")
+	env.KubeletStandIn(t, apps, "node-a")
 	env.EnsureServiceAccount(t, apps, "web")
 	labels := map[string]string{"app": "web"}
 	dep := &appsv1.Deployment{

@@ -2,7 +2,6 @@ package waypoint_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -163,7 +162,7 @@ func TestWaypointLifecycle(t *testing.T) {
 
 	// The pods become ready: Programmed.
 	env.EnsureNode(t, "node-a")
-	kubeletStandIn(t, env, ns, "node-a")
+	env.KubeletStandIn(t, ns, "node-a")
 	eventually(t, "Programmed", func() bool {
 		c := condition(getGateway(t, gc, ns, "waypoint"), gatewayv1.GatewayConditionProgrammed)
 		return c != nil && c.Status == metav1.ConditionTrue && c.Reason == string(gatewayv1.GatewayReasonProgrammed)
@@ -250,44 +249,4 @@ func TestInvalidListenerAndOtherClass(t *testing.T) {
 			t.Errorf("service for %s: %v", name, err)
 		}
 	}
-}
-
-// kubeletStandIn schedules ns's pending pods onto node and reports them
-// running and ready with an IP, as a scheduler and kubelet would: kubetest
-// runs neither.
-func kubeletStandIn(t *testing.T, env *kubetest.Env, ns, node string) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); <-done })
-	ip := 0
-	go func() {
-		defer close(done)
-		for ctx.Err() == nil {
-			pods, err := env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-			if err == nil {
-				for i := range pods.Items {
-					p := &pods.Items[i]
-					if p.Spec.NodeName == "" {
-						b := &corev1.Binding{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: ns, UID: p.UID}, Target: corev1.ObjectReference{Kind: "Node", Name: node}}
-						_ = env.Client.CoreV1().Pods(ns).Bind(ctx, b, metav1.CreateOptions{})
-						continue
-					}
-					if p.Status.PodIP == "" {
-						ip++
-						now := metav1.Now()
-						p.Status.Phase = corev1.PodRunning
-						p.Status.PodIP = fmt.Sprintf("10.78.0.%d", ip)
-						p.Status.PodIPs = []corev1.PodIP{{IP: p.Status.PodIP}}
-						p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}}
-						_, _ = env.Client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-					}
-				}
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}()
 }

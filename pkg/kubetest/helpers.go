@@ -318,3 +318,45 @@ func (e *Env) ForgeToken(t testing.TB, ns, sa string, audiences []string, pod *c
 	}
 	return signing + "." + enc.EncodeToString(sig)
 }
+
+// KubeletStandIn schedules ns's pending pods onto node and reports them
+// running and ready with a fresh IP, as a scheduler and kubelet would (a
+// control plane started here runs neither), until the test ends. Use it
+// for pods that controllers create (Deployments with ControllerManager).
+func (e *Env) KubeletStandIn(t testing.TB, ns, node string) {
+	t.Helper()
+	e.EnsureNode(t, node)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	pods := e.Client.CoreV1().Pods(ns)
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			list, err := pods.List(ctx, metav1.ListOptions{})
+			if err == nil {
+				for i := range list.Items {
+					p := &list.Items[i]
+					if p.Spec.NodeName == "" {
+						b := &corev1.Binding{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: ns, UID: p.UID}, Target: corev1.ObjectReference{Kind: "Node", Name: node}}
+						_ = pods.Bind(ctx, b, metav1.CreateOptions{})
+						continue
+					}
+					if p.Status.PodIP == "" {
+						now := metav1.Now()
+						ip := nextPodIP()
+						p.Status.Phase = corev1.PodRunning
+						p.Status.PodIP = ip
+						p.Status.PodIPs = []corev1.PodIP{{IP: ip}}
+						p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}}
+						_, _ = pods.UpdateStatus(ctx, p, metav1.UpdateOptions{})
+					}
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+}

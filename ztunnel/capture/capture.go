@@ -240,7 +240,10 @@ func routingFamilies(h *netlink.Handle, lo netlink.Link) ([]int, error) {
 	return families, nil
 }
 
-func applyRouting(ns *podns.NS, cfg Config) error {
+// forRoutingFamilies opens ns's routing netlink and calls fn for every
+// address family loopback has, saying whether our policy rule is there.
+// applyRouting and checkRouting share it.
+func forRoutingFamilies(ns *podns.NS, cfg Config, fn func(h *netlink.Handle, fam, loIndex int, hasRule bool) error) error {
 	h, err := newNetlink(ns)
 	if err != nil {
 		return err
@@ -259,16 +262,26 @@ func applyRouting(ns *podns.NS, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("list %s rules: %w", familyName(fam), err)
 		}
-		if !slices.ContainsFunc(rules, func(r netlink.Rule) bool { return isOurRule(r, cfg) }) {
+		hasRule := slices.ContainsFunc(rules, func(r netlink.Rule) bool { return isOurRule(r, cfg) })
+		if err := fn(h, fam, lo.Attrs().Index, hasRule); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func applyRouting(ns *podns.NS, cfg Config) error {
+	return forRoutingFamilies(ns, cfg, func(h *netlink.Handle, fam, loIndex int, hasRule bool) error {
+		if !hasRule {
 			if err := h.RuleAdd(wantRule(cfg, fam)); err != nil && !errors.Is(err, unix.EEXIST) {
 				return fmt.Errorf("add %s rule fwmark %#x/%#x lookup %d: %w", familyName(fam), cfg.ConnMark, cfg.MarkMask, cfg.RouteTable, err)
 			}
 		}
-		if err := h.RouteReplace(wantRoute(cfg, fam, lo.Attrs().Index)); err != nil {
+		if err := h.RouteReplace(wantRoute(cfg, fam, loIndex)); err != nil {
 			return fmt.Errorf("add %s route local default dev lo table %d: %w", familyName(fam), cfg.RouteTable, err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func removeRouting(ns *podns.NS, cfg Config) error {

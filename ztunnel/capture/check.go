@@ -112,25 +112,8 @@ func checkTable(ns *podns.NS, cfg Config, st *Status) error {
 }
 
 func checkRouting(ns *podns.NS, cfg Config, st *Status) error {
-	h, err := newNetlink(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("find loopback: %w", err)
-	}
-	fams, err := routingFamilies(h, lo)
-	if err != nil {
-		return err
-	}
-	for _, fam := range fams {
-		rules, err := retryDump(func() ([]netlink.Rule, error) { return h.RuleList(fam) })
-		if err != nil {
-			return fmt.Errorf("list %s rules: %w", familyName(fam), err)
-		}
-		if !slices.ContainsFunc(rules, func(r netlink.Rule) bool { return isOurRule(r, cfg) }) {
+	return forRoutingFamilies(ns, cfg, func(h *netlink.Handle, fam, loIndex int, hasRule bool) error {
+		if !hasRule {
 			st.Problems = append(st.Problems, fmt.Sprintf("%s rule fwmark %#x/%#x lookup %d missing", familyName(fam), cfg.ConnMark, cfg.MarkMask, cfg.RouteTable))
 		}
 		routes, err := retryDump(func() ([]netlink.Route, error) {
@@ -139,9 +122,9 @@ func checkRouting(ns *podns.NS, cfg Config, st *Status) error {
 		if err != nil {
 			return fmt.Errorf("list %s routes of table %d: %w", familyName(fam), cfg.RouteTable, err)
 		}
-		if !slices.ContainsFunc(routes, func(r netlink.Route) bool { return isOurRoute(r, cfg, lo.Attrs().Index) }) {
+		if !slices.ContainsFunc(routes, func(r netlink.Route) bool { return isOurRoute(r, cfg, loIndex) }) {
 			st.Problems = append(st.Problems, fmt.Sprintf("%s route local default dev lo table %d missing", familyName(fam), cfg.RouteTable))
 		}
-	}
-	return nil
+		return nil
+	})
 }

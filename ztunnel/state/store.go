@@ -208,8 +208,11 @@ type namedAddress struct {
 	addr *workloadv1.Address
 }
 
-func decodeAddresses(upserts []*discovery.Resource) ([]namedAddress, error) {
-	out := make([]namedAddress, 0, len(upserts))
+// decodeEach decodes every upsert into a fresh message from newMsg and
+// checks it with validate; a name listed twice, a missing or undecodable
+// body or a failed check rejects the whole response.
+func decodeEach[M proto.Message](upserts []*discovery.Resource, newMsg func() M, validate func(name string, m M) error) ([]M, error) {
+	out := make([]M, 0, len(upserts))
 	seen := make(map[string]bool, len(upserts))
 	for _, r := range upserts {
 		name := r.GetName()
@@ -220,43 +223,41 @@ func decodeAddresses(upserts []*discovery.Resource) ([]namedAddress, error) {
 		if r.GetResource() == nil {
 			return nil, fmt.Errorf("resource %q: no content", name)
 		}
-		a := &workloadv1.Address{}
-		if err := r.GetResource().UnmarshalTo(a); err != nil {
+		m := newMsg()
+		if err := r.GetResource().UnmarshalTo(m); err != nil {
 			return nil, fmt.Errorf("resource %q: %w", name, err)
 		}
-		if err := ValidateAddress(name, a); err != nil {
+		if err := validate(name, m); err != nil {
 			return nil, fmt.Errorf("resource %q: %w", name, err)
 		}
-		out = append(out, namedAddress{name, a})
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func decodeAddresses(upserts []*discovery.Resource) ([]namedAddress, error) {
+	addrs, err := decodeEach(upserts, func() *workloadv1.Address { return &workloadv1.Address{} }, ValidateAddress)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]namedAddress, len(addrs))
+	for i, a := range addrs {
+		out[i] = namedAddress{upserts[i].GetName(), a}
 	}
 	return out, nil
 }
 
 func decodeAuthorizations(upserts []*discovery.Resource) ([]*workloadv1.Authorization, error) {
-	out := make([]*workloadv1.Authorization, 0, len(upserts))
-	seen := make(map[string]bool, len(upserts))
-	for _, r := range upserts {
-		name := r.GetName()
-		if seen[name] {
-			return nil, fmt.Errorf("resource %q: listed twice", name)
-		}
-		seen[name] = true
-		if r.GetResource() == nil {
-			return nil, fmt.Errorf("resource %q: no content", name)
-		}
-		p := &workloadv1.Authorization{}
-		if err := r.GetResource().UnmarshalTo(p); err != nil {
-			return nil, fmt.Errorf("resource %q: %w", name, err)
-		}
-		if err := authz.Validate(p); err != nil {
-			return nil, fmt.Errorf("resource %q: %w", name, err)
-		}
-		if want := p.GetNamespace() + "/" + p.GetName(); name != want {
-			return nil, fmt.Errorf("resource %q: name must be %q", name, want)
-		}
-		out = append(out, p)
-	}
-	return out, nil
+	return decodeEach(upserts, func() *workloadv1.Authorization { return &workloadv1.Authorization{} },
+		func(name string, p *workloadv1.Authorization) error {
+			if err := authz.Validate(p); err != nil {
+				return err
+			}
+			if want := p.GetNamespace() + "/" + p.GetName(); name != want {
+				return fmt.Errorf("name must be %q", want)
+			}
+			return nil
+		})
 }
 
 // ValidateAddress reports what is malformed in an Address resource named

@@ -80,49 +80,59 @@ func (r *Router) toWorkload(w *workloadv1.Workload, target netip.AddrPort) (prox
 
 // viaWaypoint sends the connection to the Service's waypoint over HBONE,
 // keeping the VIP as the target so the waypoint applies the Service's
-// routes.
+// routes. istiod-lite names the waypoint by its Service's hostname (as
+// Istio does); an address may be the waypoint pod itself or a VIP.
 func (r *Router) viaWaypoint(wp *workloadv1.GatewayAddress, dst netip.AddrPort, key string) (proxy.Route, error) {
-	addr := wp.GetAddress()
-	if addr == nil {
-		return proxy.Route{}, fmt.Errorf("service %s: waypoint has no address", key)
-	}
-	ip, ok := netip.AddrFromSlice(addr.GetAddress())
-	if !ok {
-		return proxy.Route{}, fmt.Errorf("service %s: waypoint address is malformed", key)
-	}
 	port := uint16(wp.GetHboneMtlsPort())
 	if port == 0 {
 		port = hbone.Port
 	}
-	rt := proxy.Route{HBONE: true, Target: dst, Proxy: netip.AddrPortFrom(ip.Unmap(), port), Service: key}
-	// The waypoint's own identity, when the mesh knows its workload.
-	if w := r.Store.WorkloadByIP(r.Network, ip.Unmap()); w != nil {
-		id, err := workloadIdentity(w, r.TrustDomain)
-		if err != nil {
-			return proxy.Route{}, err
+	var wsvc *workloadv1.Service
+	switch {
+	case wp.GetHostname() != nil:
+		h := wp.GetHostname()
+		if wsvc = r.Store.ServiceByHostname(h.GetNamespace(), h.GetHostname()); wsvc == nil {
+			return proxy.Route{}, fmt.Errorf("service %s: waypoint %s/%s is not known (yet)", key, h.GetNamespace(), h.GetHostname())
 		}
-		rt.Identity = id
-	} else if wp.GetAddress() != nil {
-		// Whatever VIP the waypoint is reached by, its endpoints are workloads.
-		svc := r.Store.ServiceByIP(r.Network, ip.Unmap())
-		if svc == nil {
+	case wp.GetAddress() != nil:
+		ip, ok := netip.AddrFromSlice(wp.GetAddress().GetAddress())
+		if !ok {
+			return proxy.Route{}, fmt.Errorf("service %s: waypoint address is malformed", key)
+		}
+		ip = ip.Unmap()
+		if w := r.Store.WorkloadByIP(r.Network, ip); w != nil {
+			id, err := workloadIdentity(w, r.TrustDomain)
+			if err != nil {
+				return proxy.Route{}, err
+			}
+			return proxy.Route{HBONE: true, Waypoint: true, Target: dst, Proxy: netip.AddrPortFrom(ip, port), Identity: id, Service: key}, nil
+		}
+		if wsvc = r.Store.ServiceByIP(r.Network, ip); wsvc == nil {
 			return proxy.Route{}, fmt.Errorf("service %s: waypoint %s is not a known workload or service", key, ip)
 		}
-		t, err := r.Balancer.Pick(svc.GetNamespace()+"/"+svc.GetHostname(), port)
-		if err != nil {
-			return proxy.Route{}, fmt.Errorf("service %s: waypoint: %w", key, err)
-		}
-		wip, ok := firstAddr(t.Workload)
-		if !ok {
-			return proxy.Route{}, errors.New("waypoint endpoint has no address")
-		}
-		id, err := workloadIdentity(t.Workload, r.TrustDomain)
-		if err != nil {
-			return proxy.Route{}, err
-		}
-		rt.Proxy, rt.Identity = netip.AddrPortFrom(wip, port), id
+	default:
+		return proxy.Route{}, fmt.Errorf("service %s: waypoint has no address", key)
 	}
-	return rt, nil
+	// Whatever name the waypoint is reached by, its endpoints are workloads.
+	wkey := wsvc.GetNamespace() + "/" + wsvc.GetHostname()
+	t, err := r.Balancer.Pick(wkey, port)
+	if err != nil {
+		return proxy.Route{}, fmt.Errorf("service %s: waypoint: %w", key, err)
+	}
+	wip, ok := firstAddr(t.Workload)
+	if !ok {
+		return proxy.Route{}, errors.New("waypoint endpoint has no address")
+	}
+	id, err := workloadIdentity(t.Workload, r.TrustDomain)
+	if err != nil {
+		return proxy.Route{}, err
+	}
+	uid := t.Workload.GetUid()
+	r.Balancer.Acquire(uid)
+	return proxy.Route{
+		HBONE: true, Waypoint: true, Target: dst, Proxy: netip.AddrPortFrom(wip, t.Port), Identity: id, Service: key,
+		Done: func() { r.Balancer.Release(uid) },
+	}, nil
 }
 
 func firstAddr(w *workloadv1.Workload) (netip.Addr, bool) {

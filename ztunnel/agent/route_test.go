@@ -98,3 +98,52 @@ func TestAuthorizerUnknownWorkloadRefused(t *testing.T) {
 		t.Errorf("no policies: denied (%s)", why)
 	}
 }
+
+func TestRouteViaWaypoint(t *testing.T) {
+	r, st := newRouter(t)
+	wpHost := "waypoint.apps.svc.cluster.local"
+	wpSvc := &workloadv1.Address{Type: &workloadv1.Address_Service{Service: &workloadv1.Service{
+		Name: "waypoint", Namespace: "apps", Hostname: wpHost,
+		Addresses: []*workloadv1.NetworkAddress{{Address: netip.MustParseAddr("10.96.0.60").AsSlice()}},
+		Ports:     []*workloadv1.Port{{ServicePort: 15008, TargetPort: 15008}},
+	}}}
+	gw := &workloadv1.GatewayAddress{HboneMtlsPort: 15008, Destination: &workloadv1.GatewayAddress_Hostname{
+		Hostname: &workloadv1.NamespacedHostname{Namespace: "apps", Hostname: wpHost}}}
+	api := &workloadv1.Address{Type: &workloadv1.Address_Service{Service: &workloadv1.Service{
+		Name: "api", Namespace: "apps", Hostname: "api.apps.svc.cluster.local", Waypoint: gw,
+		Addresses: []*workloadv1.NetworkAddress{{Address: netip.MustParseAddr("10.96.0.70").AsSlice()}},
+		Ports:     []*workloadv1.Port{{ServicePort: 80, TargetPort: 8080}},
+	}}}
+	// The route is refused, not sent around the waypoint, until the
+	// waypoint's Service is known.
+	if err := st.Handle(workloadv1.AddressTypeURL, []*discovery.Resource{resource(t, "apps/api.apps.svc.cluster.local", api)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if rt, err := r.Route(nil, netip.MustParseAddrPort("10.96.0.70:80")); err == nil {
+		t.Fatalf("route with an unknown waypoint: %+v", rt)
+	}
+	wpPorts := map[string]*workloadv1.PortList{"apps/" + wpHost: {Ports: []*workloadv1.Port{{ServicePort: 15008, TargetPort: 15008}}}}
+	if err := st.Handle(workloadv1.AddressTypeURL, []*discovery.Resource{
+		resource(t, "apps/"+wpHost, wpSvc),
+		resource(t, "waypoint-1", wl("waypoint-1", "apps", "waypoint", "10.244.1.30", false, wpPorts)),
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	wpID, _ := identity.New("cluster.local", "apps", "waypoint")
+	rt, err := r.Route(nil, netip.MustParseAddrPort("10.96.0.70:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// HBONE to the waypoint pod, the Service VIP kept as the target.
+	if !rt.HBONE || !rt.Waypoint || rt.Proxy != netip.MustParseAddrPort("10.244.1.30:15008") ||
+		rt.Target != netip.MustParseAddrPort("10.96.0.70:80") || rt.Identity != wpID {
+		t.Errorf("waypoint route: %+v", rt)
+	}
+	if n := r.Balancer.InFlight("waypoint-1"); n != 1 {
+		t.Errorf("waypoint in flight %d, want 1", n)
+	}
+	rt.Done()
+	if n := r.Balancer.InFlight("waypoint-1"); n != 0 {
+		t.Errorf("waypoint in flight %d after Done, want 0", n)
+	}
+}

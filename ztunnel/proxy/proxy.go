@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"time"
@@ -58,8 +59,11 @@ type Route struct {
 	// HBONE tunnels to Proxy (an endpoint's or waypoint's ip:15008) with
 	// :authority Target, requiring the peer to prove Identity. Otherwise
 	// the connection is plain TCP to Target.
-	HBONE    bool
-	Proxy    netip.AddrPort
+	HBONE bool
+	Proxy netip.AddrPort
+	// Waypoint marks a tunnel to a waypoint, which is told the client's
+	// address (Forwarded: for=) for its policies and metrics.
+	Waypoint bool
 	Target   netip.AddrPort
 	Identity identity.Identity
 	// Labels for logs and metrics.
@@ -304,7 +308,11 @@ func (p *Proxy) outbound(ctx context.Context, s *Serving, c net.Conn, log *slog.
 	defer cancel()
 	var up net.Conn
 	if route.HBONE {
-		up, err = s.client.Dial(dctx, hbone.DialRequest{Source: s.pod.Cert, Proxy: route.Proxy, Target: route.Target, Expected: route.Identity})
+		req := hbone.DialRequest{Source: s.pod.Cert, Proxy: route.Proxy, Target: route.Target, Expected: route.Identity}
+		if route.Waypoint && ev.Source.IsValid() {
+			req.Header = http.Header{"Forwarded": {forwardedFor(ev.Source.Addr())}}
+		}
+		up, err = s.client.Dial(dctx, req)
 		ev.MTLS, ev.Peer = true, route.Identity
 	} else {
 		ev.Passthrough = true
@@ -416,4 +424,13 @@ func (p *Proxy) observe(ev *Event) {
 
 func isClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled)
+}
+
+// forwardedFor is an RFC 7239 "for" element; IPv6 addresses are quoted and
+// bracketed as the RFC requires.
+func forwardedFor(ip netip.Addr) string {
+	if ip.Is6() && !ip.Is4In6() {
+		return `for="[` + ip.String() + `]"`
+	}
+	return "for=" + ip.Unmap().String()
 }

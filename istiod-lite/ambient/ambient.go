@@ -33,6 +33,10 @@ const (
 	LabelUseWaypointNamespace = "istio.io/use-waypoint-namespace"
 	WaypointNone              = "none"
 
+	// Labels on the objects deployed for a waypoint Gateway.
+	labelGatewayName    = "gateway.networking.k8s.io/gateway-name"
+	labelGatewayManaged = "gateway.istio.io/managed"
+
 	// HBONEPort is the port a waypoint accepts HBONE on.
 	HBONEPort = 15008
 

@@ -411,6 +411,8 @@ func TestWaypointLabels(t *testing.T) {
 			service("ns", "s", "10.96.0.1", ports, withSvcLabels(LabelUseWaypoint, WaypointNone)), nil},
 		{"service label with namespace", nil,
 			service("ns", "s", "10.96.0.1", ports, withSvcLabels(LabelUseWaypoint, "w", LabelUseWaypointNamespace, "shared")), wp("w", "shared")},
+		{"the waypoint's own service never loops into it", map[string]string{LabelUseWaypoint: "wp"},
+			service("ns", "wp", "10.96.0.1", ports, withSvcLabels(labelGatewayName, "wp", labelGatewayManaged, "istio.io-mesh-controller")), nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

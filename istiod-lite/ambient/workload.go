@@ -218,12 +218,23 @@ func buildService(o Options, svc *corev1.Service, namespaceLabels map[string]str
 		}
 		s.Ports = append(s.Ports, port)
 	}
+	if isWaypointService(svc) {
+		// A waypoint's own Service is never sent through a waypoint: its
+		// namespace's label would otherwise loop traffic back into it.
+		return s
+	}
 	if gw, set := waypointFromLabels(svc.Labels, svc.Namespace, o.DomainSuffix); set {
 		s.Waypoint = gw
 	} else {
 		s.Waypoint, _ = waypointFromLabels(namespaceLabels, svc.Namespace, o.DomainSuffix)
 	}
 	return s
+}
+
+// isWaypointService reports whether svc was deployed for a waypoint Gateway
+// (istiod-lite/waypoint's labels, Istio's).
+func isWaypointService(svc *corev1.Service) bool {
+	return svc.Labels[labelGatewayName] != "" && svc.Labels[labelGatewayManaged] != ""
 }
 
 func isTCP(p corev1.Protocol) bool { return p == "" || p == corev1.ProtocolTCP }

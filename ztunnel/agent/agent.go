@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/metrics"
 	"github.com/ambit-mesh/ambit/pkg/mtls"
@@ -206,7 +207,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	pods := newPodWatch(kube, cfg.NodeName, cfg.CNIStateFile, log)
 	served := &servedPods{
-		proxy: px, certs: certs.NewManager(ctx, certs.NewCAClient(conn), cfg.CertTTL, log.With("component", "certs")),
+		proxy: px, certs: certs.NewManager(ctx, caclient.New(conn), cfg.CertTTL, log.With("component", "certs")),
 		serviceAccount: pods.serviceAccount, trustDomain: cfg.TrustDomain, log: log, ctx: ctx, byKey: map[string]*servedPod{},
 	}
 	capCfg := capture.DefaultConfig()

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ambit-mesh/ambit/pkg/ca"
+	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/mtls"
 	"github.com/ambit-mesh/ambit/pkg/pemutil"
 	"github.com/ambit-mesh/ambit/ztunnel/capture"
@@ -90,7 +91,7 @@ func TestPodCyclesLeakNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	served := &servedPods{
-		proxy: px, certs: certs.NewManager(ctx, certs.NewCAClient(conn), time.Hour, quiet),
+		proxy: px, certs: certs.NewManager(ctx, caclient.New(conn), time.Hour, quiet),
 		serviceAccount: func(context.Context, string, string) (string, error) { return "web", nil },
 		trustDomain:    authority.TrustDomain(), log: quiet, ctx: ctx, byKey: map[string]*servedPod{},
 	}

@@ -6,7 +6,6 @@ package certs
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,72 +14,14 @@ import (
 	"sync"
 	"time"
 
-	pb "istio.io/api/security/v1alpha1"
-
-	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/structpb"
-
+	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/identity"
-	"github.com/ambit-mesh/ambit/pkg/pemutil"
 	"github.com/ambit-mesh/ambit/pkg/workloadcert"
 )
 
-// ImpersonatedIdentityKey names, in the request metadata, the identity a
-// node agent asks for (as Istio's ztunnel sends it).
-const ImpersonatedIdentityKey = "ImpersonatedIdentity"
-
-// CAClient signs CSRs through the CA service on conn, whose per-RPC
-// credentials carry the ztunnel's token.
-type CAClient struct {
-	client pb.IstioCertificateServiceClient
-	// Timeout bounds one request; default 30s.
-	Timeout time.Duration
-}
-
-// NewCAClient returns a client of the CA service on conn.
-func NewCAClient(conn grpc.ClientConnInterface) *CAClient {
-	return &CAClient{client: pb.NewIstioCertificateServiceClient(conn), Timeout: 30 * time.Second}
-}
-
-// signerFor binds the impersonated identity to each request.
-type signerFor struct {
-	c  *CAClient
-	id identity.Identity
-}
-
-// SignCSR implements workloadcert.Signer.
-func (s signerFor) SignCSR(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]*x509.Certificate, error) {
-	md, err := structpb.NewStruct(map[string]any{ImpersonatedIdentityKey: s.id.String()})
-	if err != nil {
-		return nil, fmt.Errorf("request metadata: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.c.Timeout)
-	defer cancel()
-	resp, err := s.c.client.CreateCertificate(ctx, &pb.IstioCertificateRequest{
-		Csr: string(csrPEM), ValidityDuration: int64(ttl / time.Second), Metadata: md,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("CreateCertificate for %s: %w", s.id, err)
-	}
-	chain := resp.GetCertChain()
-	if len(chain) < 2 {
-		return nil, fmt.Errorf("CreateCertificate for %s: %d certificates in the answer, want leaf and root", s.id, len(chain))
-	}
-	// The last element is the root; the rest is leaf first.
-	var certs []*x509.Certificate
-	for i, p := range chain[:len(chain)-1] {
-		cs, err := pemutil.ParseCertificates([]byte(p))
-		if err != nil || len(cs) == 0 {
-			return nil, fmt.Errorf("CreateCertificate for %s: element %d: %v", s.id, i, err)
-		}
-		certs = append(certs, cs...)
-	}
-	return certs, nil
-}
-
 // Manager holds the certificates of the identities in use on the node.
 type Manager struct {
-	ca  *CAClient
+	ca  *caclient.Client
 	ttl time.Duration
 	log *slog.Logger
 	ctx context.Context
@@ -98,7 +39,7 @@ type entry struct {
 
 // NewManager returns a manager whose sources run until ctx ends. ttl is the
 // requested lifetime (zero lets the CA decide).
-func NewManager(ctx context.Context, ca *CAClient, ttl time.Duration, log *slog.Logger) *Manager {
+func NewManager(ctx context.Context, ca *caclient.Client, ttl time.Duration, log *slog.Logger) *Manager {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -114,7 +55,7 @@ func (m *Manager) Acquire(ctx context.Context, id identity.Identity) (*workloadc
 	if !ok {
 		sctx, cancel := context.WithCancel(m.ctx)
 		e = &entry{
-			src:    workloadcert.NewSource(id, signerFor{c: m.ca, id: id}, workloadcert.Options{TTL: m.ttl, Logger: m.log.With("identity", id.String())}),
+			src:    workloadcert.NewSource(id, m.ca.Signer(id), workloadcert.Options{TTL: m.ttl, Logger: m.log.With("identity", id.String())}),
 			cancel: cancel,
 			done:   make(chan struct{}),
 		}

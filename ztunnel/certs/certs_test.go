@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ambit-mesh/ambit/pkg/ca"
+	"github.com/ambit-mesh/ambit/pkg/caclient"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/pemutil"
 )
@@ -33,7 +34,7 @@ type caServer struct {
 
 func (s *caServer) CreateCertificate(_ context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
 	s.mu.Lock()
-	s.requests = append(s.requests, req.GetMetadata().GetFields()[ImpersonatedIdentityKey].GetStringValue())
+	s.requests = append(s.requests, req.GetMetadata().GetFields()[caclient.ImpersonatedIdentityKey].GetStringValue())
 	refuse := s.refuse
 	s.mu.Unlock()
 	if refuse {
@@ -53,7 +54,7 @@ func (s *caServer) CreateCertificate(_ context.Context, req *pb.IstioCertificate
 
 func (s *caServer) count() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.requests) }
 
-func startCA(t *testing.T) (*caServer, *CAClient) {
+func startCA(t *testing.T) (*caServer, *caclient.Client) {
 	authority, err := ca.NewSelfSigned(ca.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +73,7 @@ func startCA(t *testing.T) (*caServer, *CAClient) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return srv, NewCAClient(conn)
+	return srv, caclient.New(conn)
 }
 
 func TestAcquireSharesAndReleaseDrops(t *testing.T) {

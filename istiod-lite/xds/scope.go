@@ -46,6 +46,9 @@ type router struct{ s *Server }
 var _ cache.Cache = (*router)(nil)
 
 func (r *router) CreateWatch(req *cache.Request, sub cache.Subscription, ch chan cache.Response) (func(), error) {
+	if isEnvoyType(req.GetTypeUrl()) {
+		return nil, fmt.Errorf("xds: type %q is served over delta ADS only", req.GetTypeUrl())
+	}
 	c, err := r.s.cacheFor(req.GetTypeUrl(), req.GetNode().GetId())
 	if err != nil {
 		return nil, err
@@ -54,6 +57,10 @@ func (r *router) CreateWatch(req *cache.Request, sub cache.Subscription, ch chan
 }
 
 func (r *router) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
+	if isEnvoyType(req.GetTypeUrl()) {
+		// The node is the stream's bound one (StreamDeltaRequestFunc).
+		return r.s.envoy.CreateDeltaWatch(req, sub, ch)
+	}
 	c, err := r.s.cacheFor(req.GetTypeUrl(), req.GetNode().GetId())
 	if err != nil {
 		return nil, err

@@ -72,12 +72,17 @@ func policy(ns, name string) *workloadv1.Authorization {
 
 func startBoundClient(t *testing.T, addr, cred, claimedNode string, rec *recorder) *xdsclient.Client {
 	t.Helper()
+	return startBoundClientFor(t, addr, cred, claimedNode, TypeURLs, rec)
+}
+
+func startBoundClientFor(t *testing.T, addr, cred, claimedNode string, typeURLs []string, rec *recorder) *xdsclient.Client {
+	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(nodeCreds(cred)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	c, err := xdsclient.New(conn, xdsclient.Options{Node: &core.Node{Id: claimedNode}, TypeURLs: TypeURLs, Handler: rec.handle, MinBackoff: 50 * time.Millisecond})
+	c, err := xdsclient.New(conn, xdsclient.Options{Node: &core.Node{Id: claimedNode}, TypeURLs: typeURLs, Handler: rec.handle, MinBackoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

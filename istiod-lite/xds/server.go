@@ -25,6 +25,8 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -67,7 +69,9 @@ type Server struct {
 	opts   Options
 	log    *slog.Logger
 	caches map[string]*cache.LinearCache
-	xds    serverv3.Server
+	// envoy holds each waypoint's Envoy resources, keyed by its node.
+	envoy cache.SnapshotCache
+	xds   serverv3.Server
 
 	// applyMu serialises applying batches with creating node caches, so a
 	// node cache starts from a consistent view.
@@ -107,11 +111,17 @@ func New(ctx context.Context, opts Options) *Server {
 		kick:    make(chan struct{}, 1),
 
 		nodeCaches: map[nodeKey]*cache.LinearCache{},
+		envoy:      cache.NewSnapshotCache(false, cache.IDHash{}, nil),
 	}
 	for _, typeURL := range TypeURLs {
 		s.caches[typeURL] = cache.NewLinearCache(typeURL)
 	}
 	s.xds = serverv3.NewServer(ctx, &router{s: s}, serverv3.CallbackFuncs{
+		// Only delta streams are authenticated and bound to a node, so
+		// state-of-the-world streams are refused outright.
+		StreamOpenFunc: func(context.Context, int64, string) error {
+			return status.Error(codes.Unimplemented, "only delta (incremental) ADS is served")
+		},
 		DeltaStreamOpenFunc: func(ctx context.Context, id int64, typeURL string) error {
 			node := ""
 			if s.opts.Authenticate != nil {
@@ -134,13 +144,18 @@ func New(ctx context.Context, opts Options) *Server {
 			s.log.Debug("delta stream closed", "stream", id, "node", node.GetId())
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
-			if _, ok := s.caches[req.GetTypeUrl()]; !ok {
-				return fmt.Errorf("xds: type %q is not served here", req.GetTypeUrl())
-			}
 			// The node is the one the credential is bound to, whatever the
 			// client claims: it decides what the client may see.
 			bound, _ := s.streams.Load(id)
 			node, _ := bound.(string)
+			if _, ok := s.caches[req.GetTypeUrl()]; !ok {
+				if !isEnvoyType(req.GetTypeUrl()) {
+					return fmt.Errorf("xds: type %q is not served here", req.GetTypeUrl())
+				}
+				if !IsWaypointNode(node) {
+					return status.Errorf(codes.PermissionDenied, "xds: type %q is served to waypoints only", req.GetTypeUrl())
+				}
+			}
 			if req.Node == nil || req.Node.GetId() != node {
 				n := &core.Node{Id: node}
 				if req.Node != nil {

@@ -268,6 +268,20 @@ func (c *Controller) apply(ctx context.Context, gw *gatewayv1.Gateway) error {
 				WithSpec(corev1ac.PodSpec().
 					WithServiceAccountName(name).
 					WithTerminationGracePeriodSeconds(30).
+					// Istio's proxy uid; set at pod level so the kubelet
+					// makes the projected token readable by it.
+					WithSecurityContext(corev1ac.PodSecurityContext().
+						WithRunAsUser(1337).WithRunAsGroup(1337).WithFSGroup(1337).WithRunAsNonRoot(true)).
+					// The waypoint authenticates to the CA and xDS with a
+					// pod-bound token for istio-ca, and trusts the mesh root
+					// istiod-lite publishes in every namespace.
+					WithVolumes(
+						corev1ac.Volume().WithName("istio-token").WithProjected(corev1ac.ProjectedVolumeSource().
+							WithSources(corev1ac.VolumeProjection().WithServiceAccountToken(corev1ac.ServiceAccountTokenProjection().
+								WithPath("istio-token").WithAudience("istio-ca").WithExpirationSeconds(43200)))),
+						corev1ac.Volume().WithName("istio-ca-root-cert").WithConfigMap(corev1ac.ConfigMapVolumeSource().
+							WithName("istio-ca-root-cert")),
+					).
 					WithContainers(corev1ac.Container().
 						WithName("waypoint").
 						WithImage(c.cfg.Image).
@@ -275,6 +289,18 @@ func (c *Controller) apply(ctx context.Context, gw *gatewayv1.Gateway) error {
 							"--namespace="+ns,
 							"--name="+name,
 							"--xds-address="+c.cfg.ControlPlaneAddress,
+							"--root-cert=/var/run/secrets/istio/root-cert.pem",
+							"--token=/var/run/secrets/tokens/istio-token",
+						).
+						WithEnv(
+							corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().
+								WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.name"))),
+							corev1ac.EnvVar().WithName("POD_IP").WithValueFrom(corev1ac.EnvVarSource().
+								WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("status.podIP"))),
+						).
+						WithVolumeMounts(
+							corev1ac.VolumeMount().WithName("istio-token").WithMountPath("/var/run/secrets/tokens").WithReadOnly(true),
+							corev1ac.VolumeMount().WithName("istio-ca-root-cert").WithMountPath("/var/run/secrets/istio").WithReadOnly(true),
 						).
 						WithPorts(
 							corev1ac.ContainerPort().WithName("mesh").WithContainerPort(MeshPort).WithProtocol(corev1.ProtocolTCP),

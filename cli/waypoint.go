@@ -87,7 +87,7 @@ func (c *waypointClients) preflight(ctx context.Context, controlPlaneNS string) 
 		return c.apiError(err)
 	}
 	if _, err := c.gw.GatewayV1().GatewayClasses().Get(ctx, waypoint.ClassName, metav1.GetOptions{}); apierrors.IsNotFound(err) {
-		return fmt.Errorf("GatewayClass %s not found: install manifests/gateway-api (kubectl apply -k manifests/gateway-api)", waypoint.ClassName)
+		return fmt.Errorf("GatewayClass %s not found: istiod-lite creates it; install it (kubectl apply -k manifests/istiod-lite) or apply manifests/gateway-api/gatewayclass-istio-waypoint.yaml", waypoint.ClassName)
 	} else if err != nil && !apierrors.IsForbidden(err) {
 		return c.apiError(err)
 	}

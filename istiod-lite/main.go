@@ -31,6 +31,7 @@ var flags struct {
 	cmIssuer       string
 	cmNamespace    string
 	cmTimeout      time.Duration
+	waypointImage  string
 }
 
 func main() {
@@ -51,6 +52,7 @@ func registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&flags.cmIssuer, "cert-manager-issuer", "", "have cert-manager sign workload certificates with this issuer: Issuer/<name>, ClusterIssuer/<name> or <Kind>.<group>/<name>; empty uses the built-in root")
 	fs.StringVar(&flags.cmNamespace, "cert-manager-namespace", "", "namespace of the CertificateRequests (and of an Issuer); default --namespace")
 	fs.DurationVar(&flags.cmTimeout, "cert-manager-timeout", 20*time.Second, "how long one certificate may take cert-manager to sign")
+	fs.StringVar(&flags.waypointImage, "waypoint-image", "ambit/waypoint:dev", "image of the waypoints deployed for Gateways of class istio-waypoint")
 	fs.DurationVar(&flags.debounce, "debounce", 100*time.Millisecond, "quiet period before Kubernetes changes are pushed")
 }
 
@@ -92,6 +94,7 @@ func run(ctx context.Context, p *daemon.Process) error {
 		LeaderElection:          flags.leaderElect,
 		Identity:                os.Getenv("POD_NAME"),
 		Debounce:                flags.debounce,
+		WaypointImage:           flags.waypointImage,
 		Log:                     p.Log,
 		Ready:                   func() { p.SetReady(true) },
 	})

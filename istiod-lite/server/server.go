@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambit-mesh/ambit/istiod-lite/ambient"
 	"github.com/ambit-mesh/ambit/istiod-lite/auth"
@@ -33,6 +34,7 @@ import (
 	"github.com/ambit-mesh/ambit/istiod-lite/ca/certmanager"
 	"github.com/ambit-mesh/ambit/istiod-lite/controller"
 	"github.com/ambit-mesh/ambit/istiod-lite/debug"
+	"github.com/ambit-mesh/ambit/istiod-lite/waypoint"
 	"github.com/ambit-mesh/ambit/istiod-lite/xds"
 	"github.com/ambit-mesh/ambit/pkg/ca"
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -74,6 +76,9 @@ type Config struct {
 	// instead of the built-in root (which still signs istiod-lite's own
 	// serving certificate).
 	CertManager *certmanager.Config
+	// WaypointImage runs the waypoints deployed for Gateways of class
+	// istio-waypoint; default waypoint.DefaultImage.
+	WaypointImage string
 	// Debounce of xDS pushes; default 100ms.
 	Debounce time.Duration
 	Log      *slog.Logger
@@ -198,6 +203,15 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
+	gwClient, err := gatewayclient.NewForConfig(cfg.Kube)
+	if err != nil {
+		return fmt.Errorf("istiod-lite: gateway API client: %w", err)
+	}
+	deployer := waypoint.New(waypoint.Config{
+		Kube: kube, Gateway: gwClient, Image: cfg.WaypointImage, DomainSuffix: cfg.DomainSuffix,
+		ControlPlaneAddress: "istiod." + cfg.Namespace + ".svc:15012", Log: log,
+	})
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -275,6 +289,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 		w.Go(func() { status.Run(ctx) })
+		w.Go(func() { deployer.Run(ctx) })
 		w.Wait()
 	}
 	if cfg.LeaderElection {
@@ -337,7 +352,8 @@ func probeIssuerRoots(ctx context.Context, authority *ca.CA, signer casvc.Signer
 }
 
 // nodeOf authenticates an xDS stream: the node agent's token names its
-// node; other callers get the unscoped view.
+// node; any other ServiceAccount is the waypoint of that name (it gets that
+// waypoint's configuration, if there is one, and the addresses).
 func nodeOf(authn *auth.Authenticator, ns, sa string) func(ctx context.Context) (string, error) {
 	return func(ctx context.Context) (string, error) {
 		c, err := authn.AuthenticateGRPC(ctx)
@@ -347,7 +363,7 @@ func nodeOf(authn *auth.Authenticator, ns, sa string) func(ctx context.Context) 
 		if c.Namespace == ns && c.ServiceAccount == sa {
 			return c.NodeName, nil
 		}
-		return "", nil
+		return xds.WaypointNode(c.Namespace, c.ServiceAccount), nil
 	}
 }
 

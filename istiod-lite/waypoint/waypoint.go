@@ -179,6 +179,7 @@ func (c *Controller) Run(ctx context.Context) {
 		return
 	}
 	c.log.Info("deploying waypoints", "class", ClassName, "image", c.cfg.Image)
+	go c.keepClass(ctx)
 	go func() {
 		<-ctx.Done()
 		c.queue.ShutDown()

@@ -155,9 +155,30 @@ func TestWaypointLifecycle(t *testing.T) {
 		t.Fatalf("pod spec %+v", pod.Spec)
 	}
 	ctr := pod.Spec.Containers[0]
-	wantArgs := []string{"--namespace=" + ns, "--name=waypoint", "--xds-address=istiod.istio-system.svc:15012"}
+	wantArgs := []string{"--namespace=" + ns, "--name=waypoint", "--xds-address=istiod.istio-system.svc:15012",
+		"--root-cert=/var/run/secrets/istio/root-cert.pem", "--token=/var/run/secrets/tokens/istio-token"}
 	if ctr.Image != "example.test/waypoint:1" || !slices.Equal(ctr.Args, wantArgs) {
 		t.Errorf("container image %q args %q, want %q", ctr.Image, ctr.Args, wantArgs)
+	}
+	// The token is pod-bound for istio-ca, the root comes from the
+	// published ConfigMap, and both are mounted where the flags say.
+	vols := map[string]corev1.Volume{}
+	for _, v := range pod.Spec.Volumes {
+		vols[v.Name] = v
+	}
+	if p := vols["istio-token"].Projected; p == nil || len(p.Sources) != 1 || p.Sources[0].ServiceAccountToken == nil ||
+		p.Sources[0].ServiceAccountToken.Audience != "istio-ca" || p.Sources[0].ServiceAccountToken.Path != "istio-token" {
+		t.Errorf("token volume %+v", vols["istio-token"])
+	}
+	if cm := vols["istio-ca-root-cert"].ConfigMap; cm == nil || cm.Name != "istio-ca-root-cert" {
+		t.Errorf("root volume %+v", vols["istio-ca-root-cert"])
+	}
+	mounts := map[string]string{}
+	for _, m := range ctr.VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	if mounts["istio-token"] != "/var/run/secrets/tokens" || mounts["istio-ca-root-cert"] != "/var/run/secrets/istio" {
+		t.Errorf("mounts %v", mounts)
 	}
 
 	// The pods become ready: Programmed.
@@ -249,4 +270,25 @@ func TestInvalidListenerAndOtherClass(t *testing.T) {
 			t.Errorf("service for %s: %v", name, err)
 		}
 	}
+}
+
+// The class is recreated by the controller when missing (kubectl apply -k
+// cannot create the CRDs and the class in one go) and marked Accepted.
+func TestGatewayClassEnsured(t *testing.T) {
+	env := kubetest.Shared(t)
+	install(t, env)
+	gc := gatewayclient.NewForConfigOrDie(env.RESTConfig())
+	ctx := context.Background()
+	if err := gc.GatewayV1().GatewayClasses().Delete(ctx, waypoint.ClassName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	start(t, env)
+	eventually(t, "GatewayClass recreated and Accepted", func() bool {
+		cls, err := gc.GatewayV1().GatewayClasses().Get(ctx, waypoint.ClassName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		c := meta.FindStatusCondition(cls.Status.Conditions, string(gatewayv1.GatewayClassConditionStatusAccepted))
+		return cls.Spec.ControllerName == waypoint.ControllerName && c != nil && c.Status == metav1.ConditionTrue
+	})
 }

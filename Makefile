@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 COMPONENTS := ztunnel waypoint istiod-lite
 # Nested Go modules (own go.mod) tested beside the main one.
-SUBMODULES := pkg/hbone/interop devcluster
+SUBMODULES := pkg/hbone/interop devcluster conformance
 STATICCHECK := $(BIN)/staticcheck
 
 .PHONY: tidy all build test lint fmt-check vet unit-test bench fuzz demo clean help generate generate-check protoc
@@ -21,6 +21,7 @@ help:
 	@echo "make bench      run the benchmarks (HBONE vs plain TCP) and print ratios"
 	@echo "make fuzz       run each fuzz target for FUZZTIME (default 30s)"
 	@echo "make demo       run the demo"
+	@echo "make conformance  Gateway API conformance (mesh profiles, ambient) on devcluster"
 	@echo "make clean      remove build output"
 
 build:

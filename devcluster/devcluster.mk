@@ -4,7 +4,7 @@
 DEVCLUSTER_SCRIPTS := $(CURDIR)/devcluster/scripts
 E2E_TIMEOUT ?= 30m
 
-.PHONY: devcluster-build devcluster-up devcluster-down devcluster-images devcluster-status e2e
+.PHONY: devcluster-build devcluster-up devcluster-down devcluster-images devcluster-status e2e conformance
 
 ## devcluster-build: build and cache Kubernetes, containerd and the base images
 devcluster-build:
@@ -34,3 +34,14 @@ devcluster-status:
 ## keeps it).
 e2e:
 	cd devcluster && DEVCLUSTER_START=1 go test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./e2e/...
+
+CONFORMANCE_TIMEOUT ?= 30m
+## conformance: the Gateway API conformance suite (v1.6.3, profiles MESH-HTTP
+## and MESH-GRPC) in ambient mode against ambit on the devcluster, installed
+## as the e2e tests install it (brings the cluster up and down if needed,
+## like e2e); writes conformance/reports/<version>/ambit-mesh.yaml, prints a
+## pass/fail summary, fails if any test fails (docs/conformance.md).
+## CONFORMANCE_RUN_TEST=<ShortName> runs one test; CONFORMANCE_KEEP=1 keeps
+## the test namespaces.
+conformance:
+	cd conformance && DEVCLUSTER_START=1 AMBIT_VERSION=$(VERSION) go test -tags conformance -count=1 -timeout $(CONFORMANCE_TIMEOUT) -v -run '^TestConformance$$' .

@@ -193,6 +193,17 @@ func compileRoute(path string, rc *routev3.Route, maxBody uint64) (*route, error
 		r.query = append(r.query, q)
 	}
 	r.grpc = m.GetGrpc() != nil
+	for i, fm := range m.GetFilterState() {
+		fpath := idx(joinPath(mpath, "filter_state"), i)
+		if fm.GetKey() == "" || fm.GetStringMatch() == nil {
+			return nil, fieldError(fpath, "a key and a string_match are required")
+		}
+		sm, err := compileStringMatcher(joinPath(fpath, "string_match"), fm.GetStringMatch())
+		if err != nil {
+			return nil, err
+		}
+		r.state = append(r.state, filterStateMatcher{key: fm.GetKey(), value: sm})
+	}
 	if r.mut, err = compileLevel(path, rc.GetRequestHeadersToAdd(), rc.GetRequestHeadersToRemove(), rc.GetResponseHeadersToAdd(), rc.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}

@@ -391,3 +391,29 @@ func TestRegexEdgeCases(t *testing.T) {
 		}
 	}
 }
+
+// A filter_state matcher selects on the connection's filter state (GAMMA
+// consumer routes: the client's namespace in its SPIFFE id); an absent key
+// never matches.
+func TestFilterStateMatch(t *testing.T) {
+	tbl := mustCompile(t, oneVhost(`
+		{"name":"consumer","match":{"prefix":"/","filter_state":[{"key":"io.istio.peer_principal",
+			"string_match":{"safe_regex":{"regex":"spiffe://[^/]+/ns/shop/sa/[^/]+"}}}]},"direct_response":{"status":200}},
+		{"name":"producer","match":{"prefix":"/"},"direct_response":{"status":200}}`))
+	for principal, want := range map[string]string{
+		"spiffe://cluster.local/ns/shop/sa/web":  "consumer",
+		"spiffe://cluster.local/ns/other/sa/web": "producer",
+		"":                                       "producer",
+	} {
+		req := newReq("a", "GET", "/x")
+		if principal != "" {
+			req.FilterState = map[string]string{PeerPrincipalKey: principal}
+		}
+		if got := routeName(t, tbl, req); got != want {
+			t.Errorf("principal %q: route %s, want %s", principal, got, want)
+		}
+	}
+	if _, err := Compile(parseRC(t, oneVhost(`{"name":"r","match":{"prefix":"/","filter_state":[{"key":"k"}]},"direct_response":{"status":200}}`))); err == nil {
+		t.Error("a filter_state matcher without a string_match compiled")
+	}
+}

@@ -15,6 +15,7 @@ type route struct {
 	headers []headerMatcher
 	query   []queryMatcher
 	grpc    bool
+	state   []filterStateMatcher
 
 	action Action
 
@@ -59,7 +60,20 @@ func (r *route) matches(req *Request, p string, rv uint64) bool {
 	if r.grpc && !isGRPC(req) {
 		return false
 	}
+	for i := range r.state {
+		v, ok := req.FilterState[r.state[i].key]
+		if !ok || !r.state[i].value.match(v) {
+			return false
+		}
+	}
 	return true
+}
+
+// filterStateMatcher is a FilterStateMatcher with a string match: an
+// absent key does not match.
+type filterStateMatcher struct {
+	key   string
+	value stringMatcher
 }
 
 // rewritePath applies a prefix_rewrite or regex_rewrite to the full :path

@@ -45,9 +45,16 @@ type Request struct {
 	// Headers are the other request headers with canonical keys (as net/http
 	// produces them). Several values of one header are matched joined by ",".
 	Headers http.Header
+	// FilterState holds the connection's string filter state objects
+	// route matchers may read, by key: the waypoint sets PeerPrincipalKey
+	// to the client's SPIFFE id (GAMMA consumer routes select on it).
+	FilterState map[string]string
 	// Rand supplies randomness; nil uses math/rand/v2's global source.
 	Rand Rand
 }
+
+// PeerPrincipalKey is Istio's filter state key for the peer's SPIFFE id.
+const PeerPrincipalKey = "io.istio.peer_principal"
 
 func (r *Request) scheme() string {
 	if r.Scheme == "" {

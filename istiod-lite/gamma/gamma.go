@@ -25,8 +25,8 @@ import (
 // Service is the Service the routes are translated for.
 type Service struct {
 	Namespace, Name string
-	// VIPs are the Service's cluster IPs; each gets a domain in the
-	// virtual host (with and without port).
+	// VIPs are the Service's cluster IPs (validated; the virtual host takes
+	// any authority, as the listener chain selects by VIP).
 	VIPs []string
 	// Ports are the Service's HTTP ports; one RouteConfiguration each.
 	Ports []uint32
@@ -174,6 +174,11 @@ func Translate(svc Service, in Routes, opts Options) ([]*routev3.RouteConfigurat
 			var res routeResult
 			for _, port := range ports {
 				res = t.translateRoute(r, port)
+				if r.Namespace != svc.Namespace {
+					for i := range res.entries {
+						res.entries[i].consumer = r.Namespace
+					}
+				}
 				perPort[port] = append(perPort[port], res.entries...)
 			}
 			st.Conditions = res.conditions(r)

@@ -2,7 +2,7 @@ package gamma
 
 import (
 	"fmt"
-	"net/netip"
+	"maps"
 	"regexp"
 	"regexp/syntax"
 	"slices"
@@ -15,6 +15,7 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"golang.org/x/net/http/httpguts"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,6 +32,9 @@ type translator struct {
 type entry struct {
 	route *routev3.Route
 	key   precedence
+	// consumer is the namespace of a consumer route (a route in another
+	// namespace than the Service), empty for a producer route.
+	consumer string
 }
 
 // precedence is the Gateway API ordering key of a match. Regular
@@ -289,7 +293,10 @@ func (t *translator) resolve(r *gatewayv1.HTTPRoute, ref gatewayv1.BackendObject
 	if ref.Namespace != nil && *ref.Namespace != "" {
 		ns = string(*ref.Namespace)
 	}
-	if ns != r.Namespace && !t.opts.Lookup.ReferenceGranted(r.Namespace, ns, string(ref.Name)) {
+	// A consumer route may send to the Service it is attached to without a
+	// ReferenceGrant: the parentRef already names it (GAMMA).
+	parent := ns == t.svc.Namespace && string(ref.Name) == t.svc.Name
+	if ns != r.Namespace && !parent && !t.opts.Lookup.ReferenceGranted(r.Namespace, ns, string(ref.Name)) {
 		res.refError(gatewayv1.RouteReasonRefNotPermitted, "backend %s/%s: not permitted by any ReferenceGrant", ns, ref.Name)
 		return resolved{}
 	}
@@ -758,41 +765,39 @@ func (t *translator) redirectAction(rd *gatewayv1.HTTPRequestRedirectFilter, pm 
 	return ra, nil
 }
 
-// domains are the virtual host's domains for a port: the hostname, its
-// shorter in-cluster forms, and the VIPs, each with and without the port.
-func (t *translator) domains(port uint32) []string {
-	ps := ":" + strconv.FormatUint(uint64(port), 10)
-	names := []string{t.host, t.svc.Name + "." + t.svc.Namespace + ".svc", t.svc.Name + "." + t.svc.Namespace}
-	var out []string
-	for _, n := range names {
-		out = append(out, n, n+ps)
-	}
-	for _, v := range t.svc.VIPs {
-		a := netip.MustParseAddr(v) // checked by RoutesForService
-		if a.Is6() && !a.Is4In6() {
-			out = append(out, "["+a.String()+"]", "["+a.String()+"]"+ps)
-		} else {
-			out = append(out, a.String(), a.String()+ps)
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}
-
-// routeConfig assembles the RouteConfiguration of one port. Without any
-// attached route, traffic goes to the Service itself.
+// routeConfig assembles the RouteConfiguration of one port. The listener
+// chain already selected the Service by destination VIP and port, so the
+// one virtual host takes every authority (GAMMA routes by the Service's
+// frontend, not by Host). Consumer routes come first, each namespace's
+// behind a filter_state match on the client's namespace and closed by a
+// 404: for its clients they replace the producer routes. Without any
+// producer route, traffic goes to the Service itself.
 func (t *translator) routeConfig(port uint32, entries []entry) *routev3.RouteConfiguration {
 	name := RouteConfigName(port, t.host)
 	for i := range entries {
 		entries[i].key.routeRank = i
 	}
 	slices.SortStableFunc(entries, func(a, b entry) int { return comparePrecedence(a.key, b.key) })
-	var routes []*routev3.Route
+	consumers := map[string][]*routev3.Route{}
+	var producer []*routev3.Route
 	for _, e := range entries {
-		routes = append(routes, e.route)
+		if e.consumer == "" {
+			producer = append(producer, e.route)
+			continue
+		}
+		consumers[e.consumer] = append(consumers[e.consumer], withConsumer(e.route, e.consumer))
 	}
-	if len(entries) == 0 {
-		routes = []*routev3.Route{{
+	var routes []*routev3.Route
+	for _, ns := range slices.Sorted(maps.Keys(consumers)) {
+		routes = append(routes, consumers[ns]...)
+		routes = append(routes, &routev3.Route{
+			Name:   ns + ".consumer-no-match",
+			Match:  withConsumer(&routev3.Route{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}}, ns).Match,
+			Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 404}},
+		})
+	}
+	if len(producer) == 0 {
+		producer = []*routev3.Route{{
 			Name:  "default",
 			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
@@ -801,13 +806,32 @@ func (t *translator) routeConfig(port uint32, entries []entry) *routev3.RouteCon
 			}},
 		}}
 	}
+	routes = append(routes, producer...)
 	return &routev3.RouteConfiguration{
 		Name:             name,
 		ValidateClusters: wrapperspb.Bool(false),
 		VirtualHosts: []*routev3.VirtualHost{{
 			Name:    t.host + ":" + strconv.FormatUint(uint64(port), 10),
-			Domains: t.domains(port),
+			Domains: []string{"*"},
 			Routes:  routes,
 		}},
 	}
+}
+
+// PeerPrincipalKey is the filter state key holding the client's SPIFFE id
+// (Istio's), which consumer routes select on.
+const PeerPrincipalKey = "io.istio.peer_principal"
+
+// withConsumer returns a copy of r matching only clients of namespace ns.
+func withConsumer(r *routev3.Route, ns string) *routev3.Route {
+	c := proto.Clone(r).(*routev3.Route)
+	c.Match.FilterState = append(c.Match.FilterState, &matcherv3.FilterStateMatcher{
+		Key: PeerPrincipalKey,
+		Matcher: &matcherv3.FilterStateMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
+				Regex: "spiffe://[^/]+/ns/" + regexp.QuoteMeta(ns) + "/sa/[^/]+",
+			}},
+		}},
+	})
+	return c
 }

@@ -1,0 +1,233 @@
+package waypointxds
+
+import (
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	httpinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	rbacnetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ambit-mesh/ambit/istiod-lite/gamma"
+)
+
+// Envoy filter names.
+const (
+	filterHTTPRBAC        = "envoy.filters.http.rbac"
+	filterHTTPRouter      = "envoy.filters.http.router"
+	filterNetworkRBAC     = "envoy.filters.network.rbac"
+	filterTCPProxy        = "envoy.filters.network.tcp_proxy"
+	filterHCM             = "envoy.filters.network.http_connection_manager"
+	filterOriginalDst     = "envoy.filters.listener.original_dst"
+	filterHTTPInspector   = "envoy.filters.listener.http_inspector"
+	transportSocketTLS    = "envoy.transport_sockets.tls"
+	noServicesChain       = "no-services"
+	connectTunnelVHost    = "connect"
+	connectTerminateRoute = "connect_terminate"
+)
+
+// chainName is "inbound-vip|<port>|<http or tcp>|<host>".
+func chainName(port uint32, kind, host string) string {
+	return "inbound-vip|" + strconv.FormatUint(uint64(port), 10) + "|" + kind + "|" + host
+}
+
+// mainInternalListener holds one or two filter chains per served Service
+// port, matched by destination port and the Service's VIPs.
+func (b *builder) mainInternalListener(chains []servedChain) *listenerv3.Listener {
+	l := &listenerv3.Listener{
+		Name:              mainInternal,
+		ListenerSpecifier: &listenerv3.Listener_InternalListener{InternalListener: &listenerv3.Listener_InternalListenerConfig{}},
+		TrafficDirection:  corev3.TrafficDirection_INBOUND,
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name:       filterOriginalDst,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: b.any(&originaldstv3.OriginalDst{})},
+		}},
+	}
+	detect := false
+	for _, c := range chains {
+		key := types.NamespacedName{Namespace: c.svc.Namespace, Name: c.svc.Name}
+		match := func(alpn []string) *listenerv3.FilterChainMatch {
+			m := &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(c.port), ApplicationProtocols: alpn}
+			for _, v := range c.vips {
+				m.PrefixRanges = append(m.PrefixRanges, &corev3.CidrRange{
+					AddressPrefix: v.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(v.Bits())),
+				})
+			}
+			return m
+		}
+		switch c.proto {
+		case protoHTTP:
+			l.FilterChains = append(l.FilterChains, b.httpChain(c, key, match(nil)))
+		case protoTCP:
+			l.FilterChains = append(l.FilterChains, b.tcpChain(c, key, match(nil)))
+		default:
+			detect = true
+			l.FilterChains = append(l.FilterChains,
+				b.httpChain(c, key, match([]string{"http/1.1", "h2c"})),
+				b.tcpChain(c, key, match(nil)))
+		}
+	}
+	if detect {
+		l.ListenerFilters = append(l.ListenerFilters, &listenerv3.ListenerFilter{
+			Name:       filterHTTPInspector,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: b.any(&httpinspectorv3.HttpInspector{})},
+		})
+	}
+	if len(l.FilterChains) == 0 {
+		// Envoy refuses a listener without filter chains; with nothing to
+		// serve, a default chain refuses every connection.
+		l.DefaultFilterChain = &listenerv3.FilterChain{
+			Name: noServicesChain,
+			Filters: []*listenerv3.Filter{
+				b.networkRBAC(&rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW}, noServicesChain),
+				b.tcpProxy(noServicesChain, mainInternal),
+			},
+		}
+	}
+	return l
+}
+
+func (b *builder) httpChain(c servedChain, key types.NamespacedName, m *listenerv3.FilterChainMatch) *listenerv3.FilterChain {
+	name := chainName(c.port, "http", c.host)
+	var filters []*hcmv3.HttpFilter
+	for _, r := range b.rbacConfigs(key, c.port, false) {
+		filters = append(filters, &hcmv3.HttpFilter{
+			Name:       filterHTTPRBAC,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: b.any(&rbachttpv3.RBAC{Rules: r})},
+		})
+	}
+	filters = append(filters, b.routerFilter())
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    configSourceADS(),
+			RouteConfigName: gamma.RouteConfigName(c.port, c.host),
+		}},
+		NormalizePath:    wrapperspb.Bool(true),
+		MergeSlashes:     false,
+		UseRemoteAddress: wrapperspb.Bool(false),
+		HttpFilters:      filters,
+	}
+	return &listenerv3.FilterChain{
+		Name:             name,
+		FilterChainMatch: m,
+		Filters: []*listenerv3.Filter{{
+			Name: filterHCM, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(hcm)},
+		}},
+	}
+}
+
+func (b *builder) tcpChain(c servedChain, key types.NamespacedName, m *listenerv3.FilterChainMatch) *listenerv3.FilterChain {
+	name := chainName(c.port, "tcp", c.host)
+	var filters []*listenerv3.Filter
+	for _, r := range b.rbacConfigs(key, c.port, true) {
+		filters = append(filters, b.networkRBAC(r, name))
+	}
+	filters = append(filters, b.tcpProxy(name, c.cluster))
+	return &listenerv3.FilterChain{Name: name, FilterChainMatch: m, Filters: filters}
+}
+
+func (b *builder) networkRBAC(r *rbacv3.RBAC, statPrefix string) *listenerv3.Filter {
+	return &listenerv3.Filter{
+		Name:       filterNetworkRBAC,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(&rbacnetv3.RBAC{Rules: r, StatPrefix: statPrefix})},
+	}
+}
+
+func (b *builder) tcpProxy(statPrefix, cluster string) *listenerv3.Filter {
+	return &listenerv3.Filter{
+		Name: filterTCPProxy,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(&tcpproxyv3.TcpProxy{
+			StatPrefix:       statPrefix,
+			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+		})},
+	}
+}
+
+func (b *builder) routerFilter() *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{
+		Name:       filterHTTPRouter,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: b.any(&routerv3.Router{})},
+	}
+}
+
+// connectTerminateListener accepts HBONE: mTLS with a client certificate
+// from the mesh, HTTP/2 CONNECT, each tunnel handed to main_internal.
+func (b *builder) connectTerminateListener() *listenerv3.Listener {
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: connectTerminate,
+		CodecType:  hcmv3.HttpConnectionManager_HTTP2,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+			Name: connectTerminateRoute,
+			VirtualHosts: []*routev3.VirtualHost{{
+				Name:    connectTunnelVHost,
+				Domains: []string{"*"},
+				Routes: []*routev3.Route{{
+					Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_ConnectMatcher_{ConnectMatcher: &routev3.RouteMatch_ConnectMatcher{}}},
+					Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+						ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: mainInternal},
+						UpgradeConfigs: []*routev3.RouteAction_UpgradeConfig{{
+							UpgradeType:   "CONNECT",
+							ConnectConfig: &routev3.RouteAction_UpgradeConfig_ConnectConfig{},
+						}},
+					}},
+				}},
+			}},
+		}},
+		HttpFilters:          []*hcmv3.HttpFilter{b.routerFilter()},
+		Http2ProtocolOptions: &corev3.Http2ProtocolOptions{AllowConnect: true},
+		UpgradeConfigs:       []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "CONNECT"}},
+	}
+	return &listenerv3.Listener{
+		Name:    connectTerminate,
+		Address: socketAddress("0.0.0.0", hbonePort),
+		FilterChains: []*listenerv3.FilterChain{{
+			Name: connectTerminate,
+			TransportSocket: &corev3.TransportSocket{
+				Name: transportSocketTLS,
+				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: b.any(&tlsv3.DownstreamTlsContext{
+					RequireClientCertificate: wrapperspb.Bool(true),
+					CommonTlsContext:         meshTLSContext(),
+				})},
+			},
+			Filters: []*listenerv3.Filter{{
+				Name: filterHCM, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(hcm)},
+			}},
+		}},
+	}
+}
+
+// connectOriginateListener is Envoy's HBONE origination: each connection
+// to an endpoint addressed to it is tunnelled by CONNECT to its original
+// destination through the connect_originate cluster.
+func (b *builder) connectOriginateListener() *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:              connectOriginate,
+		ListenerSpecifier: &listenerv3.Listener_InternalListener{InternalListener: &listenerv3.Listener_InternalListenerConfig{}},
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name:       filterOriginalDst,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: b.any(&originaldstv3.OriginalDst{})},
+		}},
+		FilterChains: []*listenerv3.FilterChain{{
+			Name: connectOriginate,
+			Filters: []*listenerv3.Filter{{
+				Name: filterTCPProxy,
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(&tcpproxyv3.TcpProxy{
+					StatPrefix:       connectOriginate,
+					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: connectOriginate},
+					TunnelingConfig:  &tcpproxyv3.TcpProxy_TunnelingConfig{Hostname: "%DOWNSTREAM_LOCAL_ADDRESS%"},
+				})},
+			}},
+		}},
+	}
+}

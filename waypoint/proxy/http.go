@@ -187,7 +187,6 @@ func (w *responseWriter) code() int {
 	return w.status
 }
 
-
 // countingReader counts request body bytes.
 type countingReader struct {
 	r io.ReadCloser

@@ -7,10 +7,10 @@ import (
 
 // connListener hands accepted HBONE streams to an http.Server.
 type connListener struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-	addr   net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
 }
 
 func newConnListener() *connListener {

@@ -522,13 +522,21 @@ func peerPrincipal(sm *matcherv3.StringMatcher) *rbacv3.Principal {
 }
 
 // principal: "<td>/ns/<ns>/sa/<sa>" patterns against the peer's SPIFFE id.
+// As in Istio, the trust domain "cluster.local" in a policy also means the
+// mesh's own trust domain.
 func (t *ruleTranslator) principal(field, v string) *rbacv3.Principal {
 	p, err := parsePattern(v)
 	if err != nil {
 		t.badValue(field, err)
 		return nil
 	}
-	return peerPrincipal(p.stringMatcher("spiffe://"))
+	m := peerPrincipal(p.stringMatcher("spiffe://"))
+	td := t.b.opts.TrustDomain
+	if rest, ok := strings.CutPrefix(v, "cluster.local/"); ok && td != "cluster.local" {
+		alias, _ := parsePattern(td + "/" + rest)
+		return orPrincipals([]*rbacv3.Principal{m, peerPrincipal(alias.stringMatcher("spiffe://"))})
+	}
+	return m
 }
 
 // namespace matches the namespace part of the peer's SPIFFE id.

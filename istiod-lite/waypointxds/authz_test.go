@@ -350,3 +350,26 @@ func TestInvalidPolicyFailsClosed(t *testing.T) {
 		t.Error("invalid DENY policy did not deny")
 	}
 }
+
+func TestTrustDomainAlias(t *testing.T) {
+	st := authzState(t, gatewayPolicy("td", "ALLOW", `
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/shop/sa/alice"]}}]
+`))
+	opts := testOptions()
+	opts.TrustDomain = "example.org"
+	res, _, err := Build(st, Waypoint{"shop", "waypoint"}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	validateAll(t, res)
+	for peer, want := range map[string]bool{
+		"spiffe://example.org/ns/shop/sa/alice":   true,
+		"spiffe://cluster.local/ns/shop/sa/alice": true,
+		"spiffe://other.org/ns/shop/sa/alice":     false,
+	} {
+		if got := authorize(t, res, reviewsHTTP, request(peer, "10.1.0.1", 9080, "GET", "/")); got != want {
+			t.Errorf("%s: allowed=%v, want %v", peer, got, want)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -266,17 +267,30 @@ func randomPolicy(r *rand.Rand, st *fakeState, i int) string {
 }
 
 func TestRandomStatesValidate(t *testing.T) {
+	var rbacs, problems, backends int
 	for seed := range uint64(12) {
 		st := randomState(seed, 40)
 		res, rep := build(t, st, "ns0", "waypoint")
 		if t.Failed() {
 			t.Fatalf("seed %d", seed)
 		}
-		if len(rep.Services) == 0 || len(res["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]) == 0 {
+		if len(rep.Services) == 0 || len(res[resource.RouteType]) == 0 {
 			t.Fatalf("seed %d: nothing served: %+v", seed, rep.Services)
 		}
+		for _, fc := range listener(t, res, mainInternal).GetFilterChains() {
+			rbacs += len(chainRBAC(t, fc))
+		}
+		for _, p := range rep.Policies {
+			problems += len(p.Problems)
+		}
+		backends += len(rep.Backends)
 		_ = MissingParents(st)
 	}
+	// The generator must exercise policies, their problems and backends.
+	if rbacs == 0 || problems == 0 || backends == 0 {
+		t.Fatalf("weak generator: %d rbac filters, %d policy problems, %d backends", rbacs, problems, backends)
+	}
+	t.Logf("%d rbac filters, %d policy problems, %d backends", rbacs, problems, backends)
 }
 
 // mustDecode decodes a generated policy (test input we control).
@@ -286,4 +300,17 @@ func mustDecode(js string) *securityv1.AuthorizationPolicy {
 		panic(fmt.Sprintf("%v: %s", err, js))
 	}
 	return p
+}
+
+func TestLargeStateValidates(t *testing.T) {
+	st := randomState(99, 200)
+	res, rep := build(t, st, "ns0", "waypoint")
+	n := 0
+	for _, byName := range res {
+		n += len(byName)
+	}
+	t.Logf("%d services served, %d resources, %d route statuses, %d policies", len(rep.Services), n, len(rep.RouteStatuses), len(rep.Policies))
+	if len(rep.Services) < 50 {
+		t.Fatalf("only %d services served", len(rep.Services))
+	}
 }

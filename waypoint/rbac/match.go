@@ -232,12 +232,15 @@ func compileCIDR(path string, c *corev3.CidrRange) (netip.Prefix, error) {
 	if addr.Zone() != "" {
 		return netip.Prefix{}, fmt.Errorf("%s: %q has a zone", joinPath(path, "address_prefix"), c.GetAddressPrefix())
 	}
-	addr = addr.Unmap()
-	n := int(c.GetPrefixLen().GetValue())
-	if c.GetPrefixLen().GetValue() > uint32(addr.BitLen()) {
-		return netip.Prefix{}, fmt.Errorf("%s: %d is longer than the address (%d bits)", joinPath(path, "prefix_len"), c.GetPrefixLen().GetValue(), addr.BitLen())
+	plen := c.GetPrefixLen().GetValue()
+	if plen > uint32(addr.BitLen()) {
+		return netip.Prefix{}, fmt.Errorf("%s: %d is longer than the address (%d bits)", joinPath(path, "prefix_len"), plen, addr.BitLen())
 	}
-	return netip.PrefixFrom(addr, n).Masked(), nil
+	if addr.Is4In6() && plen >= 96 {
+		// Attributes are unmapped, so an IPv4-mapped range is an IPv4 one.
+		addr, plen = addr.Unmap(), plen-96
+	}
+	return netip.PrefixFrom(addr, int(plen)).Masked(), nil
 }
 
 // headerM is Envoy's HeaderMatcher as Http::HeaderUtility::matchHeaders

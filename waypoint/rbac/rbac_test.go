@@ -135,6 +135,8 @@ func TestPrincipals(t *testing.T) {
 		{"remote ip", `{"remote_ip":{"address_prefix":"10.0.0.5","prefix_len":32}}`, req(), true},
 		{"source ip", `{"source_ip":{"address_prefix":"10.0.0.5","prefix_len":32}}`, req(), true},
 		{"mapped v4", `{"remote_ip":{"address_prefix":"10.0.0.5","prefix_len":32}}`, mapped, true},
+		{"mapped range", `{"remote_ip":{"address_prefix":"::ffff:10.0.0.0","prefix_len":120}}`, req(), true},
+		{"mapped range other", `{"remote_ip":{"address_prefix":"::ffff:10.0.1.0","prefix_len":120}}`, req(), false},
 		{"v6", `{"remote_ip":{"address_prefix":"fd00::","prefix_len":64}}`, v6, true},
 		{"v6 vs v4 range", `{"remote_ip":{"address_prefix":"0.0.0.0","prefix_len":0}}`, v6, false},
 		{"no source", `{"remote_ip":{"address_prefix":"0.0.0.0","prefix_len":0}}`, &Attributes{}, false},

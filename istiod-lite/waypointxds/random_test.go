@@ -314,3 +314,16 @@ func TestLargeStateValidates(t *testing.T) {
 		t.Fatalf("only %d services served", len(rep.Services))
 	}
 }
+
+// FuzzBuild builds random states under the fuzzer: the output always
+// validates, compiles and has its RBAC compile
+// (go test -run '^$' -fuzz FuzzBuild ./istiod-lite/waypointxds/).
+func FuzzBuild(f *testing.F) {
+	for _, s := range []uint64{1, 2, 3} {
+		f.Add(s, uint8(10))
+	}
+	f.Fuzz(func(t *testing.T, seed uint64, n uint8) {
+		st := randomState(seed, 1+int(n%30))
+		build(t, st, "ns0", "waypoint")
+	})
+}

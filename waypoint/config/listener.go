@@ -23,20 +23,40 @@ import (
 	"github.com/ambit-mesh/ambit/waypoint/router"
 )
 
+// compiledListener is main_internal's chains and default chain.
+type compiledListener struct {
+	chains []*Chain
+	def    *Chain
+}
+
+func (l *compiledListener) chainsOrNil() []*Chain {
+	if l == nil {
+		return nil
+	}
+	return l.chains
+}
+
+func (l *compiledListener) defaultOrNil() *Chain {
+	if l == nil {
+		return nil
+	}
+	return l.def
+}
+
 // compileListener compiles main_internal's filter chains. Other listeners
 // (connect_terminate, connect_originate) describe what the Go waypoint does
 // natively; they are decoded and validated but not interpreted.
-func compileListener(l *listenerv3.Listener) ([]*Chain, error) {
+func compileListener(l *listenerv3.Listener) (*compiledListener, error) {
 	if err := l.Validate(); err != nil {
 		return nil, fmt.Errorf("listener %q: invalid: %w", l.GetName(), err)
 	}
 	if l.GetName() != MainInternal {
-		return nil, nil
+		return &compiledListener{}, nil
 	}
 	path := fmt.Sprintf("listener %q", l.GetName())
 	if err := checkFields(l, path, "name", "internal_listener", "listener_filters", "filter_chains",
 		"stat_prefix", "use_original_dst", "traffic_direction", "continue_on_listener_filters_timeout",
-		"listener_filters_timeout", "address", "metadata", "access_log"); err != nil {
+		"listener_filters_timeout", "address", "metadata", "access_log", "default_filter_chain"); err != nil {
 		return nil, err
 	}
 	for i, lf := range l.GetListenerFilters() {
@@ -54,7 +74,18 @@ func compileListener(l *listenerv3.Listener) ([]*Chain, error) {
 		}
 		chains = append(chains, c)
 	}
-	return chains, nil
+	out := &compiledListener{chains: chains}
+	if dfc := l.GetDefaultFilterChain(); dfc != nil {
+		c, err := compileChain(path+".default_filter_chain", dfc)
+		if err != nil {
+			return nil, err
+		}
+		if c.Port != 0 || len(c.Prefixes) > 0 || len(c.AppProtocols) > 0 {
+			return nil, fmt.Errorf("%s.default_filter_chain: filter_chain_match is not allowed", path)
+		}
+		out.def = c
+	}
+	return out, nil
 }
 
 func compileChain(path string, fc *listenerv3.FilterChain) (*Chain, error) {
@@ -163,7 +194,16 @@ func compileHCM(path string, a *anypb.Any) (*HTTPChain, error) {
 			return nil, fmt.Errorf("%s.upgrade_configs: upgrade %q is not supported", path, u.GetUpgradeType())
 		}
 	}
-	h := &HTTPChain{StatPrefix: cfg.GetStatPrefix()}
+	switch cfg.GetPathWithEscapedSlashesAction() {
+	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcmv3.HttpConnectionManager_KEEP_UNCHANGED:
+	default:
+		return nil, fmt.Errorf("%s.path_with_escaped_slashes_action: %v is not supported by the waypoint", path, cfg.GetPathWithEscapedSlashesAction())
+	}
+	if cfg.GetMergeSlashes() {
+		return nil, fmt.Errorf("%s.merge_slashes: not supported by the waypoint", path)
+	}
+	h := &HTTPChain{StatPrefix: cfg.GetStatPrefix(), NormalizePath: cfg.GetNormalizePath().GetValue(),
+		StripAnyHostPort: cfg.GetStripAnyHostPort(), StripMatchingHostPort: cfg.GetStripMatchingHostPort()}
 	switch {
 	case cfg.GetRds() != nil:
 		h.RouteName = cfg.GetRds().GetRouteConfigName()

@@ -37,6 +37,10 @@ type Snapshot struct {
 	// Chains are main_internal's filter chains, in listener order. Nil
 	// until the listener arrives: every stream is refused then.
 	Chains []*Chain
+	// Default is main_internal's default_filter_chain, used when no chain
+	// matches (istiod-lite sends one that refuses everything when the
+	// waypoint serves no Service).
+	Default *Chain
 	// Routes are the compiled RouteConfigurations by name.
 	Routes map[string]*router.Table
 	// Clusters by name.
@@ -75,6 +79,13 @@ type HTTPChain struct {
 	Inline    *router.Table
 	// RBAC are the envoy.filters.http.rbac filters, in order.
 	RBAC []RBACFilter
+	// NormalizePath removes dot segments from :path before RBAC and
+	// routing (normalize_path).
+	NormalizePath bool
+	// StripAnyHostPort and StripMatchingHostPort remove the port from
+	// :authority before the filters (strip_any_host_port,
+	// strip_matching_host_port with the chain's port).
+	StripAnyHostPort, StripMatchingHostPort bool
 }
 
 // TCPChain is network RBAC filters then a tcp_proxy.
@@ -155,6 +166,16 @@ func (s *Snapshot) Match(target netip.AddrPort) []*Chain {
 	if s == nil {
 		return nil
 	}
+	if out := s.match(target); len(out) > 0 {
+		return out
+	}
+	if s.Default != nil {
+		return []*Chain{s.Default}
+	}
+	return nil
+}
+
+func (s *Snapshot) match(target netip.AddrPort) []*Chain {
 	var byPort []*Chain
 	for _, want := range []uint32{uint32(target.Port()), 0} {
 		for _, c := range s.Chains {

@@ -39,7 +39,7 @@ type Store struct {
 
 	mu sync.Mutex // serialises updates; readers use cur
 	// Compiled resources by name, per type.
-	chains      map[string][]*Chain // by listener name (only main_internal is served)
+	listeners   map[string]*compiledListener // by name (only main_internal is served)
 	routes      map[string]*router.Table
 	clusters    map[string]*Cluster
 	assignments map[string][]Endpoint
@@ -62,7 +62,7 @@ func NewStore(log *slog.Logger, onChange func(*Snapshot)) *Store {
 	}
 	s := &Store{
 		log: log, onChange: onChange,
-		chains: map[string][]*Chain{}, routes: map[string]*router.Table{}, clusters: map[string]*Cluster{},
+		listeners: map[string]*compiledListener{}, routes: map[string]*router.Table{}, clusters: map[string]*Cluster{},
 		assignments: map[string][]Endpoint{}, roots: map[string][]*x509.Certificate{}, addresses: map[string][]addrEntry{},
 	}
 	s.cur.Store(&Snapshot{Routes: map[string]*router.Table{}, Clusters: map[string]*Cluster{},
@@ -81,8 +81,8 @@ func (s *Store) Handle(typeURL string, upserts []*discovery.Resource, removed []
 	var err error
 	switch typeURL {
 	case resourcev3.ListenerType:
-		err = apply(s.chains, upserts, removed, func() *listenerv3.Listener { return &listenerv3.Listener{} },
-			func(name string, l *listenerv3.Listener) ([]*Chain, error) { return compileListener(l) })
+		err = apply(s.listeners, upserts, removed, func() *listenerv3.Listener { return &listenerv3.Listener{} },
+			func(name string, l *listenerv3.Listener) (*compiledListener, error) { return compileListener(l) })
 	case resourcev3.RouteType:
 		err = apply(s.routes, upserts, removed, func() *routev3.RouteConfiguration { return &routev3.RouteConfiguration{} },
 			func(name string, rc *routev3.RouteConfiguration) (*router.Table, error) { return router.Compile(rc) })
@@ -147,7 +147,8 @@ func apply[M proto.Message, C any](dst map[string]C, upserts []*discovery.Resour
 // must not change under its readers).
 func (s *Store) build() *Snapshot {
 	snap := &Snapshot{
-		Chains:      s.chains[MainInternal],
+		Chains:      s.listeners[MainInternal].chainsOrNil(),
+		Default:     s.listeners[MainInternal].defaultOrNil(),
 		Routes:      make(map[string]*router.Table, len(s.routes)),
 		Clusters:    make(map[string]*Cluster, len(s.clusters)),
 		Assignments: make(map[string][]Endpoint, len(s.assignments)),

@@ -65,9 +65,17 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		p.opts.Telemetry.RecordRequest(ctx, rec)
 	}()
 
+	if hc.StripAnyHostPort {
+		r.Host = router.StripAnyHostPort(r.Host)
+	} else if hc.StripMatchingHostPort {
+		r.Host = router.StripMatchingHostPort(r.Host, uint32(info.target.Port()))
+	}
 	path := r.RequestURI
-	if path == "" || path == "*" && r.Method != http.MethodOptions {
+	if path == "" {
 		path = r.URL.RequestURI()
+	}
+	if hc.NormalizePath {
+		path = normalizePath(path)
 	}
 	allowed, policy, shadow := evaluate(hc.RBAC, &rbac.Attributes{
 		PeerPrincipal: peerString(info.peer), SourceIP: info.clientIP,
@@ -91,7 +99,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		localReply(rw, http.StatusNotFound, "")
 		return
 	}
-	rreq := &router.Request{Authority: r.Host, Method: r.Method, Path: path, Scheme: "http", Headers: r.Header, Rand: newRand()}
+	rreq := &router.Request{Authority: r.Host, Method: r.Method, Path: path, Scheme: "http", Headers: r.Header, FilterState: info.filterState, Rand: newRand()}
 	d, ok := table.Route(rreq)
 	if !ok {
 		rec.Flags = "NR"

@@ -25,6 +25,7 @@ import (
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/waypoint/config"
 	"github.com/ambit-mesh/ambit/waypoint/rbac"
+	"github.com/ambit-mesh/ambit/waypoint/router"
 	"github.com/ambit-mesh/ambit/waypoint/telemetry"
 	"github.com/ambit-mesh/ambit/waypoint/upstream"
 )
@@ -138,6 +139,8 @@ type connInfo struct {
 	target   netip.AddrPort
 	chain    *config.Chain
 	proto    string // detected: http/1.1, h2c, or "" when not detected
+	// filterState is what route matchers may read (the peer principal).
+	filterState map[string]string
 }
 
 type connInfoKey struct{}
@@ -164,6 +167,9 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
 		return hbone.Errorf(http.StatusServiceUnavailable, "waypoint is shutting down")
 	}
 	info := &connInfo{peer: req.Peer, clientIP: forwardedFor(req.Header), target: req.Target}
+	if !req.Peer.IsZero() {
+		info.filterState = map[string]string{router.PeerPrincipalKey: req.Peer.String()}
+	}
 	chains := p.opts.Config().Match(req.Target)
 	if len(chains) == 0 {
 		p.log.Info("stream refused: no filter chain for the target", "target", req.Target.String(), "peer", req.Peer.String())

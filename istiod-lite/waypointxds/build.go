@@ -25,6 +25,8 @@
 package waypointxds
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -96,7 +98,8 @@ type Options struct {
 	// RootNamespace holds mesh-wide policies. Default "istio-system".
 	RootNamespace string
 	// RootCerts are the mesh root certificate(s), PEM: the ROOTCA secret.
-	// Required.
+	// Required: at least one certificate, every PEM block a parseable
+	// certificate.
 	RootCerts []byte
 }
 
@@ -157,8 +160,8 @@ func Build(st State, wp Waypoint, opts Options) (Resources, Report, error) {
 	if st == nil {
 		return nil, rep, errors.New("waypointxds: nil State")
 	}
-	if len(opts.RootCerts) == 0 {
-		return nil, rep, errors.New("waypointxds: Options.RootCerts is required")
+	if err := checkRoots(opts.RootCerts); err != nil {
+		return nil, rep, fmt.Errorf("waypointxds: Options.RootCerts: %w", err)
 	}
 	gw := st.Gateway(wp.Namespace, wp.Name)
 	if !isWaypointGateway(gw) {
@@ -189,6 +192,31 @@ func Build(st State, wp Waypoint, opts Options) (Resources, Report, error) {
 		return nil, rep, fmt.Errorf("waypointxds: %s: %w", wp, b.err)
 	}
 	return b.res, rep, nil
+}
+
+// checkRoots requires PEM with at least one certificate and nothing that
+// does not parse: the waypoint refuses a ROOTCA it cannot use, and would
+// then keep stale roots.
+func checkRoots(data []byte) error {
+	n := 0
+	for rest := data; ; {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			return fmt.Errorf("PEM block %q is not a certificate", blk.Type)
+		}
+		if _, err := x509.ParseCertificate(blk.Bytes); err != nil {
+			return fmt.Errorf("certificate %d: %w", n, err)
+		}
+		n++
+	}
+	if n == 0 {
+		return errors.New("no PEM certificate")
+	}
+	return nil
 }
 
 // builder holds one Build.

@@ -68,8 +68,11 @@ func TestBuildErrors(t *testing.T) {
 	if _, _, err := Build(st, Waypoint{"shop", "nope"}, testOptions()); err == nil {
 		t.Error("unknown waypoint: no error")
 	}
-	if _, _, err := Build(st, Waypoint{"shop", "waypoint"}, Options{}); err == nil {
-		t.Error("no root certificates: no error")
+	for _, roots := range []string{"", "garbage", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+		string(testRoot) + "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"} {
+		if _, _, err := Build(st, Waypoint{"shop", "waypoint"}, Options{RootCerts: []byte(roots)}); err == nil {
+			t.Errorf("root certificates %q: no error", roots)
+		}
 	}
 	st.gateways[0].Spec.GatewayClassName = "other"
 	if _, _, err := Build(st, Waypoint{"shop", "waypoint"}, testOptions()); err == nil {

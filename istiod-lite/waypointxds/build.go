@@ -98,8 +98,7 @@ type Options struct {
 	// RootNamespace holds mesh-wide policies. Default "istio-system".
 	RootNamespace string
 	// RootCerts are the mesh root certificate(s), PEM: the ROOTCA secret.
-	// Required: at least one certificate, every PEM block a parseable
-	// certificate.
+	// Required (non-empty); see CheckRootCerts.
 	RootCerts []byte
 }
 
@@ -160,8 +159,8 @@ func Build(st State, wp Waypoint, opts Options) (Resources, Report, error) {
 	if st == nil {
 		return nil, rep, errors.New("waypointxds: nil State")
 	}
-	if err := checkRoots(opts.RootCerts); err != nil {
-		return nil, rep, fmt.Errorf("waypointxds: Options.RootCerts: %w", err)
+	if len(opts.RootCerts) == 0 {
+		return nil, rep, errors.New("waypointxds: Options.RootCerts is required")
 	}
 	gw := st.Gateway(wp.Namespace, wp.Name)
 	if !isWaypointGateway(gw) {
@@ -194,10 +193,12 @@ func Build(st State, wp Waypoint, opts Options) (Resources, Report, error) {
 	return b.res, rep, nil
 }
 
-// checkRoots requires PEM with at least one certificate and nothing that
-// does not parse: the waypoint refuses a ROOTCA it cannot use, and would
-// then keep stale roots.
-func checkRoots(data []byte) error {
+// CheckRootCerts reports whether data is what the waypoint accepts as
+// ROOTCA: PEM with at least one certificate, every block a parseable
+// certificate. Build only requires RootCerts to be non-empty; check the
+// roots with this once where they are loaded, since a waypoint refuses a
+// ROOTCA it cannot use (and keeps its previous roots).
+func CheckRootCerts(data []byte) error {
 	n := 0
 	for rest := data; ; {
 		var blk *pem.Block

@@ -70,9 +70,15 @@ func TestBuildErrors(t *testing.T) {
 	}
 	for _, roots := range []string{"", "garbage", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
 		string(testRoot) + "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"} {
-		if _, _, err := Build(st, Waypoint{"shop", "waypoint"}, Options{RootCerts: []byte(roots)}); err == nil {
+		if err := CheckRootCerts([]byte(roots)); err == nil {
 			t.Errorf("root certificates %q: no error", roots)
 		}
+	}
+	if err := CheckRootCerts(testRoot); err != nil {
+		t.Error(err)
+	}
+	if _, _, err := Build(st, Waypoint{"shop", "waypoint"}, Options{}); err == nil {
+		t.Error("no root certificates: no error")
 	}
 	st.gateways[0].Spec.GatewayClassName = "other"
 	if _, _, err := Build(st, Waypoint{"shop", "waypoint"}, testOptions()); err == nil {

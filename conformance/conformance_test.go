@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -67,18 +68,24 @@ const (
 )
 
 // supportedFeatures are the features of the MESH-HTTP and MESH-GRPC
-// profiles (core and extended), plus the two HTTPRoute extended features
-// that mesh tests of the suite also require (HTTPRouteResponseHeaderModification
-// for MeshFrontend, MeshFrontendHostname, MeshConsumerRoute and MeshPorts,
-// HTTPRouteParentRefPort for MeshPorts), so that every mesh test runs.
-func supportedFeatures() []features.FeatureName {
+// profiles (core and extended), plus the features outside the profiles
+// that mesh tests of the suite also require (HTTPRouteResponseHeaderModification,
+// HTTPRouteParentRefPort, HTTPRoute303/307/308RedirectStatusCode), so
+// that every mesh test runs. The second result lists those extras.
+func supportedFeatures() (all, extra []features.FeatureName) {
 	s := sets.New[features.FeatureName]()
 	for _, p := range []suite.ConformanceProfile{suite.MeshHTTPConformanceProfile, suite.MeshGRPCConformanceProfile} {
 		s.Insert(p.CoreFeatures.UnsortedList()...)
 		s.Insert(p.ExtendedFeatures.UnsortedList()...)
 	}
-	s.Insert(features.SupportHTTPRouteResponseHeaderModification, features.SupportHTTPRouteParentRefPort)
-	return sets.List(s)
+	more := sets.New[features.FeatureName]()
+	for _, ct := range tests.ConformanceTests {
+		if slices.Contains(ct.Features, features.SupportMesh) && !slices.Contains(ct.Features, features.SupportGateway) {
+			more.Insert(ct.Features...)
+		}
+	}
+	extra = sets.List(more.Difference(s))
+	return sets.List(s.Union(more)), extra
 }
 
 func repoDir() string {
@@ -119,6 +126,7 @@ func TestConformance(t *testing.T) {
 	}
 
 	timeouts := config.DefaultTimeoutConfig()
+	feats, extra := supportedFeatures()
 	keep := os.Getenv("CONFORMANCE_KEEP") == "1"
 	opts := suite.ConformanceOptions{
 		ConfigurableOptions: suite.ConfigurableOptions{
@@ -126,7 +134,7 @@ func TestConformance(t *testing.T) {
 			NamespaceLabels:      map[string]string{"istio.io/dataplane-mode": "ambient"},
 			CleanupBaseResources: !keep,
 			CleanupTestResources: !keep,
-			SupportedFeatures:    supportedFeatures(),
+			SupportedFeatures:    feats,
 			TimeoutConfig:        timeouts,
 			RunTest:              os.Getenv("CONFORMANCE_RUN_TEST"),
 			Mode:                 "ambient",
@@ -147,7 +155,7 @@ func TestConformance(t *testing.T) {
 	if err := opts.Implementation.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("supported features: %v", opts.SupportedFeatures)
+	t.Logf("supported features: %v (outside the mesh profiles, required by mesh tests: %v)", opts.SupportedFeatures, extra)
 
 	var (
 		mu      sync.Mutex
@@ -155,11 +163,14 @@ func TestConformance(t *testing.T) {
 		timing  = map[string]time.Duration{}
 		began   = map[string]time.Time{}
 	)
+	supported := sets.New(opts.SupportedFeatures...)
 	opts.Hook = func(st *testing.T, test suite.ConformanceTest, _ *suite.ConformanceTestSuite) {
 		r := "PASS"
 		switch {
 		case st.Failed():
 			r = "FAIL"
+		case st.Skipped() && !supported.HasAll(test.Features...):
+			r = "UNSUPPORTED"
 		case st.Skipped():
 			r = "SKIP"
 		}
@@ -189,6 +200,25 @@ func TestConformance(t *testing.T) {
 		t.Fatalf("conformance suite: %v", err)
 	}
 
+	// The report can only be made once Run's own cleanup has marked the
+	// suite as not running: cleanups run last-registered first.
+	var (
+		ran     bool
+		runTime time.Duration
+	)
+	t.Cleanup(func() {
+		if !ran {
+			return // failed before Run: no report, the previous one stays
+		}
+		report, err := cs.Report()
+		if err != nil {
+			t.Errorf("conformance report: %v", err)
+			return
+		}
+		path := writeReport(t, report)
+		summarize(t, results, timing, report, path, time.Since(start), runTime)
+	})
+
 	setupStart := time.Now()
 	cs.Setup(t, all)
 	t.Logf("suite setup: %s", time.Since(setupStart).Round(time.Second))
@@ -198,18 +228,11 @@ func TestConformance(t *testing.T) {
 	t.Logf("waypoint programmed and namespace enrolled: %s", time.Since(wpStart).Round(time.Second))
 
 	runStart := time.Now()
+	ran = true
 	if err := cs.Run(t, all); err != nil {
 		t.Errorf("conformance run: %v", err)
 	}
-	runTime := time.Since(runStart)
-
-	report, err := cs.Report()
-	if err != nil {
-		t.Fatalf("conformance report: %v", err)
-	}
-	path := writeReport(t, report)
-
-	summarize(t, results, timing, report, path, time.Since(start), runTime)
+	runTime = time.Since(runStart)
 }
 
 // aliasEchoImage tags devcluster's echo-advanced image as the name the
@@ -380,10 +403,10 @@ func writeReport(t *testing.T, report *confv1.ConformanceReport) string {
 // counts of the profiles, and where the report is.
 func summarize(t *testing.T, results map[string]string, timing map[string]time.Duration, report *confv1.ConformanceReport, path string, total, run time.Duration) {
 	var names []string
-	skipped := 0
+	unsupported := 0
 	for n, r := range results {
-		if r == "SKIP" {
-			skipped++
+		if r == "UNSUPPORTED" {
+			unsupported++
 			continue
 		}
 		names = append(names, n)
@@ -391,16 +414,20 @@ func summarize(t *testing.T, results map[string]string, timing map[string]time.D
 	sort.Strings(names)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n==== Gateway API conformance (ambient mode): %s ====\n", report.GatewayAPIVersion)
-	passed, failed := 0, 0
+	passed, failed, skipped := 0, 0, 0
 	for _, n := range names {
-		fmt.Fprintf(&b, "  %s  %-45s %6.1fs\n", results[n], n, timing[n].Seconds())
-		if results[n] == "PASS" {
+		fmt.Fprintf(&b, "  %-4s  %-45s %6.1fs\n", results[n], n, timing[n].Seconds())
+		switch results[n] {
+		case "PASS":
 			passed++
-		} else {
+		case "FAIL":
 			failed++
+		default:
+			skipped++
 		}
 	}
-	fmt.Fprintf(&b, "ran %d tests: %d passed, %d failed; %d not run (features outside the mesh profiles)\n", passed+failed, passed, failed, skipped)
+	fmt.Fprintf(&b, "%d tests: %d passed, %d failed, %d skipped; %d not run (they need features outside the mesh profiles, e.g. Gateway)\n",
+		len(names), passed, failed, skipped, unsupported)
 	for _, p := range report.ProfileReports {
 		fmt.Fprintf(&b, "profile %s: core %s (%d passed, %d failed, %d skipped)", p.Name, p.Core.Result, p.Core.Passed, p.Core.Failed, p.Core.Skipped)
 		if p.Extended != nil {
@@ -410,7 +437,7 @@ func summarize(t *testing.T, results map[string]string, timing map[string]time.D
 	}
 	fmt.Fprintf(&b, "report: %s\nwall time: %s (tests %s)\n", path, total.Round(time.Second), run.Round(time.Second))
 	fmt.Print(b.String())
-	if failed > 0 {
-		t.Errorf("%d conformance tests failed", failed)
+	if failed > 0 || skipped > 0 {
+		t.Errorf("%d conformance tests failed, %d skipped", failed, skipped)
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -167,6 +168,39 @@ func TestRetryThenSuccess(t *testing.T) {
 	}
 }
 
+func TestPerTryTimeoutRetried(t *testing.T) {
+	m := startMesh(t)
+	var n atomic.Int64
+	m.flaky.serve = func(w http.ResponseWriter, r *http.Request) bool {
+		if n.Add(1) == 1 {
+			select { // the first try hangs past the per-try timeout
+			case <-time.After(2 * time.Second):
+			case <-r.Context().Done():
+			}
+			return true
+		}
+		return false
+	}
+	start := time.Now()
+	r := m.do(t, m.httpClient(80, false), echoHost, "/pertry", nil)
+	if r.code != 200 || r.echo.Backend != "flaky" {
+		t.Fatalf("per-try timeout then retry: %d %q", r.code, r.body)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("took %v: the per-try timeout (150ms) did not cut the first try", took)
+	}
+}
+
+func TestConnectFailureRetriedOnAnotherHost(t *testing.T) {
+	m := startMesh(t)
+	c := m.httpClient(80, false)
+	for i := range 10 {
+		if r := m.do(t, c, echoHost, "/connfail", nil); r.code != 200 || r.echo.Backend != "v2" {
+			t.Fatalf("request %d: %d %q", i, r.code, r.body)
+		}
+	}
+}
+
 func TestMirror(t *testing.T) {
 	m := startMesh(t)
 	req, _ := http.NewRequest(http.MethodPost, "http://"+echoHost+"/mirror", strings.NewReader("mirrored body"))
@@ -310,6 +344,67 @@ func TestProtocolDetection(t *testing.T) {
 	_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: "unknown"})
 	if err == nil || !strings.Contains(err.Error(), "NotFound") {
 		t.Errorf("gRPC NotFound through the waypoint: %v", err)
+	}
+}
+
+func TestWebSocketUpgrade(t *testing.T) {
+	m := startMesh(t)
+	m.v1.serve = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/ws" {
+			return false
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return true
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+		_, _ = io.Copy(conn, brw) // echo frames
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	upgradeOnce := func() (string, net.Conn) {
+		conn, err := m.dial(ctx, 80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: "+echoHost+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Status, conn
+	}
+	// Not configured on the HCM: refused, as Envoy does.
+	status, conn := upgradeOnce()
+	conn.Close()
+	if !strings.HasPrefix(status, "403") {
+		t.Fatalf("upgrade without upgrade_configs: %s, want 403", status)
+	}
+	m.cp.set(t, resourcev3.ListenerType, "main_internal", mainInternal(t, listenerOpts{websocket: true}))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		status, conn = upgradeOnce()
+		if strings.HasPrefix(status, "101") {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("upgrade: %s, want 101", status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "frame-1"); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("frame-1"))
+	if _, err := io.ReadFull(conn, got); err != nil || string(got) != "frame-1" {
+		t.Fatalf("echo over the upgraded connection: %q %v", got, err)
 	}
 }
 

@@ -31,6 +31,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbacnetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -62,18 +63,19 @@ import (
 // ports are HTTP (80), TCP (9000), auto-detected (7000) and gRPC (50051);
 // backends behind a "ztunnel" HBONE server; a client pod identity.
 const (
-	vip        = "10.96.0.10"
-	echoHost   = "echo.ns.svc.cluster.local"
-	clientIP   = "10.244.1.5"
-	routeName  = "inbound-vip|80|http|" + echoHost
-	clusterV1  = "outbound|80||" + echoHost
-	clusterV2  = "outbound|80||echo-v2.ns.svc.cluster.local"
-	clusterMir = "outbound|80||mirror.ns.svc.cluster.local"
-	clusterFlk = "outbound|80||flaky.ns.svc.cluster.local"
-	clusterOut = "outbound|80||outlier.ns.svc.cluster.local"
-	clusterTCP = "outbound|9000||" + echoHost
-	clusterAut = "outbound|7000||" + echoHost
-	clusterGRP = "outbound|50051||" + echoHost
+	vip         = "10.96.0.10"
+	echoHost    = "echo.ns.svc.cluster.local"
+	clientIP    = "10.244.1.5"
+	routeName   = "inbound-vip|80|http|" + echoHost
+	clusterV1   = "outbound|80||" + echoHost
+	clusterV2   = "outbound|80||echo-v2.ns.svc.cluster.local"
+	clusterMir  = "outbound|80||mirror.ns.svc.cluster.local"
+	clusterFlk  = "outbound|80||flaky.ns.svc.cluster.local"
+	clusterOut  = "outbound|80||outlier.ns.svc.cluster.local"
+	clusterTCP  = "outbound|9000||" + echoHost
+	clusterAut  = "outbound|7000||" + echoHost
+	clusterGRP  = "outbound|50051||" + echoHost
+	clusterDead = "outbound|80||dead.ns.svc.cluster.local"
 )
 
 var (
@@ -377,6 +379,10 @@ func httpRBAC(t testing.TB, action rbacv3.RBAC_Action, policies map[string]*rbac
 }
 
 func httpChain(t testing.TB, name string, port uint32, protos []string, route string, rbacs ...*hcmv3.HttpFilter) *listenerv3.FilterChain {
+	return httpChainWS(t, name, port, protos, route, false, rbacs...)
+}
+
+func httpChainWS(t testing.TB, name string, port uint32, protos []string, route string, websocket bool, rbacs ...*hcmv3.HttpFilter) *listenerv3.FilterChain {
 	filters := append(append([]*hcmv3.HttpFilter{}, rbacs...), &hcmv3.HttpFilter{Name: "envoy.filters.http.router",
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})}})
 	hcm := &hcmv3.HttpConnectionManager{
@@ -387,6 +393,9 @@ func httpChain(t testing.TB, name string, port uint32, protos []string, route st
 		NormalizePath:    wrapperspb.Bool(true),
 		MergeSlashes:     false,
 		UseRemoteAddress: wrapperspb.Bool(false),
+	}
+	if websocket {
+		hcm.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
 	}
 	return &listenerv3.FilterChain{
 		Name: name,
@@ -414,8 +423,9 @@ func tcpChain(t testing.TB, name string, port uint32, cluster string, rbacs ...*
 
 // listenerOpts vary main_internal per test.
 type listenerOpts struct {
-	httpRBAC []*hcmv3.HttpFilter
-	tcpRBAC  []*rbacv3.RBAC
+	httpRBAC  []*hcmv3.HttpFilter
+	tcpRBAC   []*rbacv3.RBAC
+	websocket bool
 }
 
 func mainInternal(t testing.TB, o listenerOpts) *listenerv3.Listener {
@@ -427,7 +437,7 @@ func mainInternal(t testing.TB, o listenerOpts) *listenerv3.Listener {
 			{Name: "envoy.filters.listener.http_inspector", ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(t, &httpinspectorv3.HttpInspector{})}},
 		},
 		FilterChains: []*listenerv3.FilterChain{
-			httpChain(t, "inbound-vip|80|http|"+echoHost, 80, nil, routeName, o.httpRBAC...),
+			httpChainWS(t, "inbound-vip|80|http|"+echoHost, 80, nil, routeName, o.websocket, o.httpRBAC...),
 			tcpChain(t, "inbound-vip|9000|tcp|"+echoHost, 9000, clusterTCP, o.tcpRBAC...),
 			httpChain(t, "inbound-vip|7000|http|"+echoHost, 7000, []string{"http/1.1", "h2c"}, "inbound-vip|7000|http|"+echoHost),
 			tcpChain(t, "inbound-vip|7000|tcp|"+echoHost, 7000, clusterTCP),
@@ -473,12 +483,21 @@ func mainRoutes() *routev3.RouteConfiguration {
 			ResponseCode: routev3.RedirectAction_MOVED_PERMANENTLY}}}
 	direct := &routev3.Route{Name: "direct", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/direct"}},
 		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 418, Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "teapot"}}}}}
+	perTry := clusterRoute("/pertry", clusterFlk)
+	perTry.GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(2),
+		PerTryTimeout: durationpb.New(150 * time.Millisecond), RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(5 * time.Millisecond)}}
+	connFail := clusterRoute("/connfail", clusterDead)
+	connFail.GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "connect-failure", NumRetries: wrapperspb.UInt32(3),
+		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts",
+			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: mustAnyNoT(&previoushostsv3.PreviousHostsPredicate{})}}},
+		HostSelectionRetryMaxAttempts: 3,
+		RetryBackOff:                  &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond)}}
 	invalid := clusterRoute("/invalid-backend", "gamma-invalid-backend")
 	invalid.GetRoute().ClusterNotFoundResponseCode = routev3.RouteAction_INTERNAL_SERVER_ERROR
 	exactV2 := &routev3.Route{Name: "exact-v2", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/v2only"}},
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: clusterV2}}}}
 	return &routev3.RouteConfiguration{Name: routeName, VirtualHosts: []*routev3.VirtualHost{vhost(80,
-		redirect, direct, exactV2, split, timeout, retry, mirror, mut, invalid,
+		redirect, direct, exactV2, split, timeout, perTry, retry, connFail, mirror, mut, invalid,
 		clusterRoute("/outlier", clusterOut), byHeader, clusterRoute("/", clusterV1))}}
 }
 
@@ -523,6 +542,8 @@ func startMesh(t testing.TB) *mesh {
 		clusterTCP: {hboneEndpoint(m.tcpEcho, backendID, "tcp-echo")},
 		clusterAut: {hboneEndpoint(m.v1.addr, backendID, "echo-v1")},
 		clusterGRP: {hboneEndpoint(m.grpcAddr, backendID, "grpc")},
+		// One endpoint refuses connections (a closed port), one serves.
+		clusterDead: {socketEndpoint(closedPort(t), "dead"), socketEndpoint(m.v2.addr, "echo-v2")},
 	} {
 		var od *clusterv3.OutlierDetection
 		if name == clusterOut {
@@ -623,6 +644,25 @@ func (m *mesh) httpClient(port uint16, h2c bool) *http.Client {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Timeout:       20 * time.Second,
 	}
+}
+
+// closedPort is a loopback address nothing listens on.
+func closedPort(t testing.TB) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+	return ap
+}
+
+func mustAnyNoT(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(err) // a test-only constant message
+	}
+	return a
 }
 
 func startTCPEcho(t testing.TB) netip.AddrPort {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -189,10 +190,12 @@ func compileHCM(path string, a *anypb.Any) (*HTTPChain, error) {
 		"strip_matching_host_port", "internal_address_config"); err != nil {
 		return nil, err
 	}
-	for _, u := range cfg.GetUpgradeConfigs() {
-		if u.GetUpgradeType() != "websocket" && u.GetUpgradeType() != "CONNECT" {
-			return nil, fmt.Errorf("%s.upgrade_configs: upgrade %q is not supported", path, u.GetUpgradeType())
+	var upgrades []string
+	for i, u := range cfg.GetUpgradeConfigs() {
+		if !strings.EqualFold(u.GetUpgradeType(), "websocket") || len(u.GetFilters()) > 0 || (u.GetEnabled() != nil && !u.GetEnabled().GetValue()) {
+			return nil, fmt.Errorf("%s.upgrade_configs[%d]: only an enabled websocket upgrade without filters is supported", path, i)
 		}
+		upgrades = append(upgrades, "websocket")
 	}
 	switch cfg.GetPathWithEscapedSlashesAction() {
 	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcmv3.HttpConnectionManager_KEEP_UNCHANGED:
@@ -203,7 +206,7 @@ func compileHCM(path string, a *anypb.Any) (*HTTPChain, error) {
 		return nil, fmt.Errorf("%s.merge_slashes: not supported by the waypoint", path)
 	}
 	h := &HTTPChain{StatPrefix: cfg.GetStatPrefix(), NormalizePath: cfg.GetNormalizePath().GetValue(),
-		StripAnyHostPort: cfg.GetStripAnyHostPort(), StripMatchingHostPort: cfg.GetStripMatchingHostPort()}
+		StripAnyHostPort: cfg.GetStripAnyHostPort(), StripMatchingHostPort: cfg.GetStripMatchingHostPort(), Upgrades: upgrades}
 	switch {
 	case cfg.GetRds() != nil:
 		h.RouteName = cfg.GetRds().GetRouteConfigName()

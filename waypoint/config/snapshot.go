@@ -86,6 +86,9 @@ type HTTPChain struct {
 	// :authority before the filters (strip_any_host_port,
 	// strip_matching_host_port with the chain's port).
 	StripAnyHostPort, StripMatchingHostPort bool
+	// Upgrades are the upgrade types the HCM allows (upgrade_configs:
+	// "websocket"), lower-cased.
+	Upgrades []string
 }
 
 // TCPChain is network RBAC filters then a tcp_proxy.

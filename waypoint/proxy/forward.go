@@ -51,7 +51,7 @@ type attemptResult struct {
 
 // forward sends the request to the decision's cluster, with the route's
 // timeout, retries and mirrors, and copies the response back.
-func (p *Proxy) forward(w *responseWriter, r *http.Request, d *router.Decision, rec *telemetry.Request, span trace.Span) {
+func (p *Proxy) forward(w *responseWriter, r *http.Request, d *router.Decision, rec *telemetry.Request, span trace.Span, upgrade string) {
 	rec.Cluster = d.Cluster
 	if svc := config.ServiceOfCluster(d.Cluster); svc != "" {
 		rec.DestinationService = svc
@@ -77,6 +77,10 @@ func (p *Proxy) forward(w *responseWriter, r *http.Request, d *router.Decision, 
 	u, err := url.ParseRequestURI(d.Path)
 	if err != nil {
 		localReply(w, http.StatusBadRequest, "invalid path")
+		return
+	}
+	if upgrade != "" {
+		p.upgrade(w, r, d, rec, cl, h, u, upgrade)
 		return
 	}
 	http2 := r.ProtoMajor == 2

@@ -77,6 +77,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if hc.NormalizePath {
 		path = normalizePath(path)
 	}
+	upgrade := upgradeType(r)
+	if upgrade != "" && !allowedUpgrade(hc.Upgrades, upgrade) {
+		localReply(rw, http.StatusForbidden, "")
+		return
+	}
 	allowed, policy, shadow := evaluate(hc.RBAC, &rbac.Attributes{
 		PeerPrincipal: peerString(info.peer), SourceIP: info.clientIP,
 		DestinationIP: info.target.Addr(), DestinationPort: info.target.Port(),
@@ -123,7 +128,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = rw.Write(d.DirectBody)
 		return
 	}
-	p.forward(rw, r, d, rec, span)
+	p.forward(rw, r, d, rec, span, upgrade)
 }
 
 // localReply answers with a text body, as Envoy's local replies.

@@ -67,6 +67,11 @@ type Options struct {
 	Log      *slog.Logger
 	// Resync is the informers' resync period; 0 disables resync.
 	Resync time.Duration
+	// Informers and DynamicInformers, if set, are shared with other
+	// controllers (their factories must use StripManagedFields as
+	// transform); otherwise Run makes its own.
+	Informers        informers.SharedInformerFactory
+	DynamicInformers dynamicinformer.DynamicSharedInformerFactory
 }
 
 // Controller runs the informers.
@@ -101,9 +106,13 @@ func (c *Controller) Synced() <-chan struct{} { return c.synced }
 // Run starts the informers and serves until ctx ends. It returns an error
 // when the informers cannot sync (for example, the CRDs are not installed).
 func (c *Controller) Run(ctx context.Context) error {
-	kube := informers.NewSharedInformerFactoryWithOptions(c.opts.Kube, c.opts.Resync,
-		informers.WithTransform(stripManagedFields))
-	dyn := dynamicinformer.NewDynamicSharedInformerFactory(c.opts.Dynamic, c.opts.Resync)
+	kube, dyn := c.opts.Informers, c.opts.DynamicInformers
+	if kube == nil {
+		kube = NewInformerFactory(c.opts.Kube, c.opts.Resync)
+	}
+	if dyn == nil {
+		dyn = dynamicinformer.NewDynamicSharedInformerFactory(c.opts.Dynamic, c.opts.Resync)
+	}
 
 	handlers := []struct {
 		informer cache.SharedIndexInformer
@@ -244,9 +253,15 @@ func (c *Controller) policyOutcome(kind string, u *unstructured.Unstructured, er
 	}
 }
 
-// stripManagedFields drops what the translation never reads, to keep the
+// NewInformerFactory returns the Kubernetes informer factory the controller
+// uses, with StripManagedFields as transform.
+func NewInformerFactory(kube kubernetes.Interface, resync time.Duration) informers.SharedInformerFactory {
+	return informers.NewSharedInformerFactoryWithOptions(kube, resync, informers.WithTransform(StripManagedFields))
+}
+
+// StripManagedFields drops what the translation never reads, to keep the
 // informer caches small (10,000 pods carry megabytes of managed fields).
-func stripManagedFields(obj any) (any, error) {
+func StripManagedFields(obj any) (any, error) {
 	if m, ok := obj.(metav1.Object); ok {
 		m.SetManagedFields(nil)
 	}

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/leaderelection"
@@ -35,6 +36,8 @@ import (
 	"github.com/ambit-mesh/ambit/istiod-lite/controller"
 	"github.com/ambit-mesh/ambit/istiod-lite/debug"
 	"github.com/ambit-mesh/ambit/istiod-lite/waypoint"
+	"github.com/ambit-mesh/ambit/istiod-lite/waypointconfig"
+	"github.com/ambit-mesh/ambit/istiod-lite/waypointxds"
 	"github.com/ambit-mesh/ambit/istiod-lite/xds"
 	"github.com/ambit-mesh/ambit/pkg/ca"
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -198,7 +201,14 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	status := controller.NewStatusWriter(kube, dyn, index, log)
 	defer status.Close()
-	ctrl, err := controller.New(controller.Options{Kube: kube, Dynamic: dyn, Index: index, Sink: xdsServer, Policies: status, Log: log})
+	// One set of informers feeds both the workload API and the waypoints'
+	// configuration.
+	kubeInformers := controller.NewInformerFactory(kube, 0)
+	dynInformers := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+	ctrl, err := controller.New(controller.Options{
+		Kube: kube, Dynamic: dyn, Index: index, Sink: xdsServer, Policies: status, Log: log,
+		Informers: kubeInformers, DynamicInformers: dynInformers,
+	})
 	if err != nil {
 		return err
 	}
@@ -206,6 +216,17 @@ func Run(ctx context.Context, cfg Config) error {
 	gwClient, err := gatewayclient.NewForConfig(cfg.Kube)
 	if err != nil {
 		return fmt.Errorf("istiod-lite: gateway API client: %w", err)
+	}
+	if err := waypointxds.CheckRootCerts(trustPEM); err != nil {
+		return fmt.Errorf("istiod-lite: mesh roots for waypoints: %w", err)
+	}
+	waypoints, err := waypointconfig.New(waypointconfig.Options{
+		Gateway: gwClient, Informers: kubeInformers, DynamicInformers: dynInformers, Sink: xdsServer,
+		Build:    waypointxds.Options{TrustDomain: authority.TrustDomain(), Domain: cfg.DomainSuffix, RootNamespace: cfg.Namespace, RootCerts: trustPEM},
+		Debounce: cfg.Debounce, Log: log,
+	})
+	if err != nil {
+		return fmt.Errorf("istiod-lite: %w", err)
 	}
 	deployer := waypoint.New(waypoint.Config{
 		Kube: kube, Gateway: gwClient, Image: cfg.WaypointImage, DomainSuffix: cfg.DomainSuffix,
@@ -220,6 +241,13 @@ func Run(ctx context.Context, cfg Config) error {
 	wg.Go(func() {
 		if err := ctrl.Run(ctx); err != nil {
 			errc <- err
+		}
+	})
+	wg.Go(func() {
+		// Without the Gateway API CRDs there are no waypoints; the rest
+		// of the mesh keeps working.
+		if err := waypoints.Run(ctx); err != nil {
+			log.Error("waypoint configuration stopped", "error", err)
 		}
 	})
 
@@ -290,6 +318,7 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 		w.Go(func() { status.Run(ctx) })
 		w.Go(func() { deployer.Run(ctx) })
+		w.Go(func() { waypoints.RunStatus(ctx) })
 		w.Wait()
 	}
 	if cfg.LeaderElection {

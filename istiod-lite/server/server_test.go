@@ -222,10 +222,15 @@ func (r *recorder) workloads(t *testing.T, ns string) map[string]*workloadv1.Wor
 
 func startXDS(t *testing.T, conn *grpc.ClientConn, claimedNode string) *recorder {
 	t.Helper()
+	return startXDSFor(t, conn, claimedNode, []string{workloadv1.AddressTypeURL, workloadv1.AuthorizationTypeURL})
+}
+
+func startXDSFor(t *testing.T, conn *grpc.ClientConn, claimedNode string, typeURLs []string) *recorder {
+	t.Helper()
 	rec := newRecorder()
 	c, err := xdsclient.New(conn, xdsclient.Options{
 		Node:     &core.Node{Id: claimedNode},
-		TypeURLs: []string{workloadv1.AddressTypeURL, workloadv1.AuthorizationTypeURL},
+		TypeURLs: typeURLs,
 		Handler:  rec.handle, MinBackoff: 50 * time.Millisecond, Logger: testLog(),
 	})
 	if err != nil {

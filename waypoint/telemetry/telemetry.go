@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -90,7 +91,7 @@ func New(ctx context.Context, opts Options) (*Telemetry, error) {
 	exp := opts.SpanExporter
 	if exp == nil && opts.OTLPEndpoint != "" {
 		var eopts []otlptracegrpc.Option
-		if u := opts.OTLPEndpoint; len(u) > 7 && (u[:7] == "http://" || u[:8] == "https://") {
+		if u := opts.OTLPEndpoint; strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://") {
 			eopts = append(eopts, otlptracegrpc.WithEndpointURL(u))
 		} else {
 			eopts = append(eopts, otlptracegrpc.WithEndpoint(u), otlptracegrpc.WithInsecure())

@@ -52,6 +52,10 @@ type Index struct {
 
 	addresses      map[string]*workloadv1.Address
 	authorizations map[string]*workloadv1.Authorization
+
+	// waypointFor is the traffic type (istio.io/waypoint-for) of each
+	// known waypoint Gateway.
+	waypointFor map[nn]string
 }
 
 type sliceState struct {
@@ -84,6 +88,7 @@ func NewIndex(opts Options) *Index {
 		peerAuthErrs:     map[nn]error{},
 		addresses:        map[string]*workloadv1.Address{},
 		authorizations:   map[string]*workloadv1.Authorization{},
+		waypointFor:      map[nn]string{},
 	}
 }
 
@@ -208,6 +213,62 @@ func (ix *Index) recomputeNamespace(b *changeBuilder, ns string) {
 	for name := range ix.servicesByNS[ns] {
 		ix.recomputeService(b, nn{Namespace: ns, Name: name})
 	}
+}
+
+// --- Waypoints ---
+
+// Waypoint traffic types (istio.io/waypoint-for on the Gateway).
+const (
+	WaypointForService  = "service"
+	WaypointForWorkload = "workload"
+	WaypointForAll      = "all"
+	WaypointForNone     = "none"
+)
+
+// UpsertWaypoint records a waypoint Gateway and the traffic it handles
+// (empty means service, Istio's default). Services whose labels name a
+// waypoint that does not handle service traffic get no waypoint.
+func (ix *Index) UpsertWaypoint(namespace, name, trafficFor string) Changes {
+	if trafficFor == "" {
+		trafficFor = WaypointForService
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	key := nn{Namespace: namespace, Name: name}
+	if old, ok := ix.waypointFor[key]; ok && old == trafficFor {
+		return Changes{}
+	}
+	ix.waypointFor[key] = trafficFor
+	return ix.recomputeAllServices()
+}
+
+// DeleteWaypoint forgets a waypoint Gateway.
+func (ix *Index) DeleteWaypoint(namespace, name string) Changes {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	key := nn{Namespace: namespace, Name: name}
+	if _, ok := ix.waypointFor[key]; !ok {
+		return Changes{}
+	}
+	delete(ix.waypointFor, key)
+	return ix.recomputeAllServices()
+}
+
+// servesServices reports whether the waypoint namespace/name takes service
+// traffic. A waypoint not (yet) known is assumed to: traffic is sent to it
+// and refused until it exists, rather than silently skipping its policies.
+func (ix *Index) servesServices(namespace, name string) bool {
+	t, ok := ix.waypointFor[nn{Namespace: namespace, Name: name}]
+	return !ok || t == WaypointForService || t == WaypointForAll
+}
+
+// recomputeAllServices recomputes every Service; waypoints change rarely.
+func (ix *Index) recomputeAllServices() Changes {
+	var b changeBuilder
+	for key := range ix.services {
+		ix.recomputeService(&b, key)
+	}
+	return b.changes()
 }
 
 // --- Pods ---
@@ -347,7 +408,7 @@ func (ix *Index) recomputeService(b *changeBuilder, key nn) {
 		ix.setAddress(b, name, nil)
 		return
 	}
-	s := buildService(ix.opts, svc, ix.namespaces[key.Namespace])
+	s := buildService(ix.opts, svc, ix.namespaces[key.Namespace], ix.servesServices)
 	if s == nil {
 		ix.setAddress(b, name, nil)
 		return

@@ -1,6 +1,7 @@
 package ambient
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -439,6 +440,45 @@ func TestWaypointLabels(t *testing.T) {
 	w = workloadOf(t, ix.UpsertPod(pod("ns", "a", "10.0.0.1", withLabels(LabelUseWaypoint, "pod-wp", LabelDataplaneMode, DataplaneModeNone))), uid("ns", "a"))
 	if w.Waypoint != nil {
 		t.Error("uncaptured pod has a waypoint")
+	}
+}
+
+// A waypoint's traffic type decides whether a Service labelled to use it is
+// sent to it; an unknown waypoint is assumed to take service traffic.
+func TestWaypointTrafficType(t *testing.T) {
+	ports := []corev1.ServicePort{svcPort("http", 80, intstr.FromInt32(8080))}
+	ix := NewIndex(Options{})
+	ix.UpsertNamespace(namespace("ns", map[string]string{LabelUseWaypoint: "wp"}))
+	c := ix.UpsertService(service("ns", "s", "10.96.0.1", ports))
+	want := waypointAddress("wp", "ns", "cluster.local")
+	mustEqualProto(t, "unknown waypoint", c.Addresses[svcName("ns", "s")].GetService().GetWaypoint(), want)
+	steps := []struct {
+		trafficFor string
+		delete     bool
+		want       *workloadv1.GatewayAddress
+	}{
+		{trafficFor: WaypointForWorkload, want: nil},
+		{trafficFor: WaypointForAll, want: want},
+		{trafficFor: WaypointForNone, want: nil},
+		{trafficFor: "", want: want}, // the label's default: service
+		{trafficFor: WaypointForWorkload, want: nil},
+		{delete: true, want: want},
+	}
+	for i, st := range steps {
+		if st.delete {
+			c = ix.DeleteWaypoint("ns", "wp")
+		} else {
+			c = ix.UpsertWaypoint("ns", "wp", st.trafficFor)
+		}
+		a := c.Addresses[svcName("ns", "s")]
+		if a == nil {
+			t.Fatalf("step %d (%q): the Service did not change: %v", i, st.trafficFor, addressNames(c))
+		}
+		mustEqualProto(t, fmt.Sprintf("step %d (%q)", i, st.trafficFor), a.GetService().GetWaypoint(), st.want)
+	}
+	// Another namespace's waypoint of the same name changes nothing here.
+	if c := ix.UpsertWaypoint("other", "wp", WaypointForWorkload); c.Addresses[svcName("ns", "s")] != nil {
+		t.Error("another namespace's waypoint changed the Service")
 	}
 }
 

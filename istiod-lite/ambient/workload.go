@@ -182,7 +182,7 @@ func buildWorkload(o Options, pod *corev1.Pod, in workloadInputs) *workloadv1.Wo
 
 // buildService translates a Service. It returns nil for a Service that is
 // not translated: ExternalName.
-func buildService(o Options, svc *corev1.Service, namespaceLabels map[string]string) *workloadv1.Service {
+func buildService(o Options, svc *corev1.Service, namespaceLabels map[string]string, servesServices func(ns, name string) bool) *workloadv1.Service {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
@@ -227,6 +227,14 @@ func buildService(o Options, svc *corev1.Service, namespaceLabels map[string]str
 		s.Waypoint = gw
 	} else {
 		s.Waypoint, _ = waypointFromLabels(namespaceLabels, svc.Namespace, o.DomainSuffix)
+	}
+	// A waypoint for workload traffic only (or none) does not take the
+	// Service's traffic: it would refuse it.
+	if h := s.GetWaypoint().GetHostname(); h != nil && servesServices != nil {
+		name, _, _ := strings.Cut(h.GetHostname(), ".")
+		if !servesServices(h.GetNamespace(), name) {
+			s.Waypoint = nil
+		}
 	}
 	return s
 }

@@ -34,6 +34,10 @@ import (
 var (
 	AuthorizationPolicies = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
 	PeerAuthentications   = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"}
+	// Gateways are watched (when the Gateway API is installed) for the
+	// traffic type of waypoints, which decides whether a Service labelled
+	// to use one is sent to it.
+	Gateways = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
 )
 
 // Sink receives the changes to push; *xds.Server is one.
@@ -126,6 +130,15 @@ func (c *Controller) Run(ctx context.Context) error {
 		{dyn.ForResource(AuthorizationPolicies).Informer(), c.upsertAuthorizationPolicy, c.deleteAuthorizationPolicy},
 		{dyn.ForResource(PeerAuthentications).Informer(), c.upsertPeerAuthentication, c.deletePeerAuthentication},
 	}
+	if c.served(Gateways) {
+		handlers = append(handlers, struct {
+			informer cache.SharedIndexInformer
+			upsert   func(obj any)
+			remove   func(ns, name string)
+		}{dyn.ForResource(Gateways).Informer(), c.upsertGateway, func(ns, name string) { c.push(c.opts.Index.DeleteWaypoint(ns, name)) }})
+	} else {
+		c.log.Info("Gateway API not installed: waypoints are assumed to take service traffic (restart istiod-lite after installing it)")
+	}
 	var syncs []cache.InformerSynced
 	for _, h := range handlers {
 		reg, err := h.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -160,6 +173,42 @@ func (c *Controller) Run(ctx context.Context) error {
 	<-ctx.Done()
 	return nil
 }
+
+// served reports whether the apiserver serves gvr (an optional CRD).
+func (c *Controller) served(gvr schema.GroupVersionResource) bool {
+	list, err := c.opts.Kube.Discovery().ServerResourcesForGroupVersion(gvr.GroupVersion().String())
+	if err != nil {
+		return false
+	}
+	for _, r := range list.APIResources {
+		if r.Name == gvr.Resource {
+			return true
+		}
+	}
+	return false
+}
+
+// upsertGateway records a waypoint Gateway's traffic type; a Gateway of
+// another class (or one that stopped being a waypoint) is forgotten.
+func (c *Controller) upsertGateway(obj any) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	class, _, _ := unstructured.NestedString(u.Object, "spec", "gatewayClassName")
+	if class != WaypointClass || u.GetDeletionTimestamp() != nil {
+		c.push(c.opts.Index.DeleteWaypoint(u.GetNamespace(), u.GetName()))
+		return
+	}
+	c.push(c.opts.Index.UpsertWaypoint(u.GetNamespace(), u.GetName(), u.GetLabels()[LabelWaypointFor]))
+}
+
+// WaypointClass and LabelWaypointFor: Istio's waypoint GatewayClass and
+// traffic-type label.
+const (
+	WaypointClass    = "istio-waypoint"
+	LabelWaypointFor = "istio.io/waypoint-for"
+)
 
 // typed adapts an Index upsert method to an informer callback.
 func typed[T any](c *Controller, upsert func(*ambient.Index, T) ambient.Changes) func(obj any) {

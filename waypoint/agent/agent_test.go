@@ -532,6 +532,24 @@ func grepLines(s, sub string) string {
 	return strings.Join(out, "\n")
 }
 
+// TestControlPlaneTLSAndToken runs the waypoint as its Deployment does:
+// istiod-lite's address verified by the mesh root file, the projected
+// token on the CA request and on the xDS stream.
+func TestControlPlaneTLSAndToken(t *testing.T) {
+	m := startMeshWith(t, true)
+	if r := m.do(t, m.httpClient(80, false), echoHost, "/", nil); r.code != 200 || r.echo.Backend != "v1" {
+		t.Fatalf("request: %+v", r)
+	}
+	for _, method := range []string{
+		"/istio.v1.auth.IstioCertificateService/CreateCertificate",
+		"/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+	} {
+		if _, ok := m.cp.tokens.Load(method + " Bearer test-token"); !ok {
+			t.Errorf("%s without the token", method)
+		}
+	}
+}
+
 func TestReadyAndGracefulDrain(t *testing.T) {
 	m := startMesh(t)
 	if !m.ready.Load() {

@@ -2,11 +2,17 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -41,7 +47,9 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -90,6 +98,9 @@ type controlPlane struct {
 	caches map[string]*cachev3.LinearCache
 	ca     *ca.CA
 	addr   string
+	// tlsCAPEM is the CA of the server's TLS certificate (TLS mode only).
+	tlsCAPEM []byte
+	tokens   sync.Map // "method token" -> true
 
 	mu    sync.Mutex
 	nacks []string
@@ -112,7 +123,10 @@ func (s *caService) CreateCertificate(_ context.Context, req *pb.IstioCertificat
 	return &pb.IstioCertificateResponse{CertChain: append(chain, string(s.ca.RootsPEM()))}, nil
 }
 
-func startControlPlane(t testing.TB) *controlPlane {
+// startControlPlaneTLS serves over TLS (a server certificate for
+// "localhost" from a throwaway CA) and records the bearer tokens it gets,
+// as istiod-lite's port 15012 does.
+func startControlPlaneTLS(t testing.TB, useTLS bool) *controlPlane {
 	authority, err := ca.NewSelfSigned(ca.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +154,28 @@ func startControlPlane(t testing.TB) *controlPlane {
 			return nil
 		},
 	})
-	g := grpc.NewServer()
+	record := func(ctx context.Context, method string) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		for _, v := range md.Get("authorization") {
+			cp.tokens.Store(method+" "+v, true)
+		}
+	}
+	opts := []grpc.ServerOption{
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			record(ctx, info.FullMethod)
+			return h(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			record(ss.Context(), info.FullMethod)
+			return h(srv, ss)
+		}),
+	}
+	if useTLS {
+		cert, caPEM := localhostCert(t)
+		cp.tlsCAPEM = caPEM
+		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
+	}
+	g := grpc.NewServer(opts...)
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, srv)
 	pb.RegisterIstioCertificateServiceServer(g, &caService{ca: authority})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -151,6 +186,29 @@ func startControlPlane(t testing.TB) *controlPlane {
 	go func() { _ = g.Serve(ln) }()
 	t.Cleanup(func() { g.Stop(); cancel() })
 	return cp
+}
+
+// localhostCert is a server certificate for "localhost" and its CA's PEM.
+func localhostCert(t testing.TB) (tls.Certificate, []byte) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA: true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pemutil.EncodeCertificates([]*x509.Certificate{leaf})
 }
 
 func (cp *controlPlane) set(t testing.TB, typeURL, name string, m proto.Message) {
@@ -521,8 +579,13 @@ type mesh struct {
 	done               chan error
 }
 
-func startMesh(t testing.TB) *mesh {
-	m := &mesh{t: t, cp: startControlPlane(t), done: make(chan error, 1)}
+func startMesh(t testing.TB) *mesh { return startMeshWith(t, false) }
+
+// startMeshWith runs the waypoint as its Deployment does when
+// productionDial is set: TLS to the control plane verified by the root
+// file, and the ServiceAccount token file on every RPC.
+func startMeshWith(t testing.TB, productionDial bool) *mesh {
+	m := &mesh{t: t, cp: startControlPlaneTLS(t, productionDial), done: make(chan error, 1)}
 	m.zt = startZtunnel(t, m.cp, backendID)
 	m.v1, m.v2, m.mirror, m.flaky = startBackend(t, "v1"), startBackend(t, "v2"), startBackend(t, "mirror"), startBackend(t, "flaky")
 	m.bad, m.ok = startBackend(t, "bad"), startBackend(t, "ok")
@@ -565,21 +628,32 @@ func startMesh(t testing.TB) *mesh {
 
 	dir := t.TempDir()
 	rootFile := filepath.Join(dir, "root-cert.pem")
-	if err := os.WriteFile(rootFile, cp.ca.RootsPEM(), 0o600); err != nil {
+	if err := os.WriteFile(rootFile, append(cp.ca.RootsPEM(), cp.tlsCAPEM...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(cp.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
+	tokenFile := filepath.Join(dir, "istio-token")
+	if err := os.WriteFile(tokenFile, []byte("test-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	var conn *grpc.ClientConn
+	xdsAddr := ""
+	if productionDial {
+		xdsAddr = strings.Replace(cp.addr, "127.0.0.1", "localhost", 1)
+	} else {
+		var err error
+		conn, err = grpc.NewClient(cp.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+	}
 	listening := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	ztAddr := m.zt.addr
 	go func() {
-		m.done <- Run(ctx, Config{
-			Namespace: "ns", Name: "waypoint", Conn: conn, RootCertFile: rootFile,
+		cfg := Config{
+			Namespace: "ns", Name: "waypoint", RootCertFile: rootFile, XDSAddress: xdsAddr, TokenFile: tokenFile,
 			HBONEAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DrainTimeout: 5 * time.Second,
 			Log: quietLog(), Ready: m.ready.Store,
 			Listening: func(h, mon net.Addr) { m.hboneAddr, m.monAddr = h, mon; close(listening) },
@@ -590,7 +664,11 @@ func startMesh(t testing.TB) *mesh {
 				var d net.Dialer
 				return d.DialContext(ctx, network, addr)
 			},
-		})
+		}
+		if conn != nil {
+			cfg.Conn = conn
+		}
+		m.done <- Run(ctx, cfg)
 	}()
 	t.Cleanup(func() { m.stop() })
 	select {

@@ -177,6 +177,7 @@ func (p *Proxy) tryOnce(ctx context.Context, cl *upstream.Cluster, d *router.Dec
 	resp, err := host.Transport(http2).RoundTrip(newReq(actx, host))
 	res := attemptResult{resp: resp, err: err, host: host, cancel: cancel, end: end}
 	if perTry != nil && err != nil {
+		perTry.Stop()
 		select {
 		case <-timedOut:
 			res.timeout = true

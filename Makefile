@@ -29,7 +29,11 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./ztunnel ./waypoint ./istiod-lite
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ambit ./cli
 
+# The conformance suite runs after e2e (not beside it under -j: both use the
+# devcluster); its report goes to bin/ so that a test run leaves the
+# committed reports (make conformance) alone.
 test: fmt-check vet lint unit-test e2e
+	$(MAKE) --no-print-directory conformance CONFORMANCE_REPORT_DIR=$(BIN)/conformance
 
 # Every Go file in the tree, excluding build output and fetched caches.
 GOFILES = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.cache/*' -not -path '*/testdata/*')

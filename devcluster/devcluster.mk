@@ -42,6 +42,7 @@ CONFORMANCE_TIMEOUT ?= 30m
 ## like e2e); writes conformance/reports/<version>/ambit-mesh.yaml, prints a
 ## pass/fail summary, fails if any test fails (docs/conformance.md).
 ## CONFORMANCE_RUN_TEST=<ShortName> runs one test; CONFORMANCE_KEEP=1 keeps
-## the test namespaces.
+## the test namespaces; CONFORMANCE_REPORT_DIR writes the report elsewhere
+## (make test: bin/conformance).
 conformance:
-	cd conformance && DEVCLUSTER_START=1 AMBIT_VERSION=$(VERSION) go test -tags conformance -count=1 -timeout $(CONFORMANCE_TIMEOUT) -v -run '^TestConformance$$' .
+	cd conformance && DEVCLUSTER_START=1 AMBIT_VERSION=$(VERSION) CONFORMANCE_REPORT_DIR=$(CONFORMANCE_REPORT_DIR) go test -tags conformance -count=1 -timeout $(CONFORMANCE_TIMEOUT) -v -run '^TestConformance$$' .

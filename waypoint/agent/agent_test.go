@@ -26,9 +26,12 @@ import (
 	"google.golang.org/grpc/metadata"
 )
 
+// grpcHealth is the gRPC backend's health service (tests flip statuses).
+var grpcHealth = health.NewServer()
+
 func startGRPC(t testing.TB) netip.AddrPort {
 	g := grpc.NewServer()
-	hs := health.NewServer()
+	hs := grpcHealth
 	hs.SetServingStatus("echo", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(g, hs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -340,6 +343,22 @@ func TestProtocolDetection(t *testing.T) {
 	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("gRPC health check through the waypoint: %v %v", resp, err)
 	}
+	// Server streaming: each message is flushed through as it comes.
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	grpcHealth.SetServingStatus("watched", healthpb.HealthCheckResponse_SERVING)
+	stream, err := healthpb.NewHealthClient(cc).Watch(wctx, &healthpb.HealthCheckRequest{Service: "watched"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := stream.Recv(); err != nil || msg.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first streamed message: %v %v", msg, err)
+	}
+	grpcHealth.SetServingStatus("watched", healthpb.HealthCheckResponse_NOT_SERVING)
+	if msg, err := stream.Recv(); err != nil || msg.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("second streamed message: %v %v", msg, err)
+	}
+	wcancel()
 	// A gRPC error status travels in trailers.
 	_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: "unknown"})
 	if err == nil || !strings.Contains(err.Error(), "NotFound") {

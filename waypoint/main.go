@@ -16,6 +16,7 @@ var flags struct {
 	xdsAddress, rootCert, token     string
 	trustDomain                     string
 	hboneAddr, monitoringAddr       string
+	adminAddr                       string
 	otlpEndpoint                    string
 	certTTL                         time.Duration
 }
@@ -34,6 +35,7 @@ func registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&flags.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
 	fs.StringVar(&flags.hboneAddr, "hbone-addr", ":15008", "address serving HBONE")
 	fs.StringVar(&flags.monitoringAddr, "monitoring-addr", ":15020", "address serving /metrics; empty disables")
+	fs.StringVar(&flags.adminAddr, "admin-addr", "127.0.0.1:15000", "address of the JSON admin view (/config_dump: chains, routes, clusters with their hosts' state, certificate); empty disables")
 	fs.StringVar(&flags.otlpEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/gRPC collector for spans (host:port or http(s)://host:port); empty exports none (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
 	fs.DurationVar(&flags.certTTL, "cert-ttl", 24*time.Hour, "requested lifetime of the waypoint's certificate")
 }
@@ -43,7 +45,7 @@ func run(ctx context.Context, p *daemon.Process) error {
 	return agent.Run(ctx, agent.Config{
 		Namespace: flags.namespace, Name: flags.name, ServiceAccount: flags.serviceAccount,
 		XDSAddress: flags.xdsAddress, RootCertFile: flags.rootCert, TokenFile: flags.token, TrustDomain: flags.trustDomain,
-		HBONEAddr: flags.hboneAddr, MonitoringAddr: flags.monitoringAddr, OTLPEndpoint: flags.otlpEndpoint,
+		HBONEAddr: flags.hboneAddr, MonitoringAddr: flags.monitoringAddr, AdminAddr: flags.adminAddr, OTLPEndpoint: flags.otlpEndpoint,
 		CertTTL: flags.certTTL, DrainTimeout: p.ShutdownTimeout() * 2 / 3, Log: p.Log, Ready: p.SetReady,
 	})
 }

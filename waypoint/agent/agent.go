@@ -59,6 +59,9 @@ type Config struct {
 	HBONEAddr string
 	// MonitoringAddr serves /metrics; empty disables.
 	MonitoringAddr string
+	// AdminAddr serves the JSON admin view (/config_dump); empty disables.
+	// Keep it on loopback.
+	AdminAddr string
 	// OTLPEndpoint receives spans over OTLP/gRPC; empty exports none.
 	OTLPEndpoint string
 	CertTTL      time.Duration
@@ -71,9 +74,9 @@ type Config struct {
 
 	// Conn, if set, replaces the connection to istiod-lite (tests).
 	Conn grpc.ClientConnInterface
-	// Listening, if set, is called with the HBONE and monitoring listeners
-	// (tests bind port 0).
-	Listening func(hbone, monitoring net.Addr)
+	// Listening, if set, is called with the HBONE, monitoring and admin
+	// listeners (tests bind port 0); an unset address is nil.
+	Listening func(hbone, monitoring, admin net.Addr)
 	// HBONEDial overrides how upstream HBONE connections are dialled (tests).
 	HBONEDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -238,6 +241,22 @@ func Run(ctx context.Context, cfg Config) error {
 		defer hs.Close()
 	}
 
+	var adminAddr net.Addr
+	if cfg.AdminAddr != "" {
+		ln, err := net.Listen("tcp", cfg.AdminAddr)
+		if err != nil {
+			return fmt.Errorf("waypoint: admin listener: %w", err)
+		}
+		adminAddr = ln.Addr()
+		as := &http.Server{Handler: adminHandler(id.String(), cert, xc, store, ups), ReadHeaderTimeout: 10 * time.Second}
+		wg.Go(func() {
+			if err := as.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin server", "error", err)
+			}
+		})
+		defer as.Close()
+	}
+
 	// Ready (and serving HBONE) only with a certificate and the whole
 	// configuration: before that every stream would fail.
 	select {
@@ -261,7 +280,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	})
 	if cfg.Listening != nil {
-		cfg.Listening(ln.Addr(), monAddr)
+		cfg.Listening(ln.Addr(), monAddr, adminAddr)
 	}
 	log.Info("waypoint serving", "identity", id.String(), "hbone", ln.Addr().String(), "xds", cfg.XDSAddress)
 	cfg.Ready(true)

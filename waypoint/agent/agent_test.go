@@ -473,6 +473,27 @@ func TestOutlierEjection(t *testing.T) {
 	if got := m.bad.hits.Load(); got != badBefore {
 		t.Errorf("ejected host got %d more requests", got-badBefore)
 	}
+	// The admin view shows the ejection.
+	resp, err := http.Get("http://" + m.adminAddr.String() + "/config_dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var dump configDump
+	if err := json.NewDecoder(resp.Body).Decode(&dump); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range dump.Clusters {
+		for _, h := range c.Hosts {
+			if c.Name == clusterOut && h.Address == m.bad.addr.String() {
+				found = h.Ejected && h.HBONE && h.Identity == backendID.String()
+			}
+		}
+	}
+	if !found || !dump.XDS.Synced || dump.Certificate == nil || dump.Identity != waypointID.String() || len(dump.Chains) == 0 {
+		t.Errorf("config_dump does not show the ejected host or the state: %+v", dump)
+	}
 }
 
 func TestMetricsAndTracing(t *testing.T) {

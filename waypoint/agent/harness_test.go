@@ -571,12 +571,12 @@ type mesh struct {
 	tcpEcho  netip.AddrPort
 	grpcAddr netip.AddrPort
 
-	hboneAddr, monAddr net.Addr
-	client             *hbone.Client
-	clientSrc          *workloadcert.Source
-	ready              atomic.Bool
-	cancel             context.CancelFunc
-	done               chan error
+	hboneAddr, monAddr, adminAddr net.Addr
+	client                        *hbone.Client
+	clientSrc                     *workloadcert.Source
+	ready                         atomic.Bool
+	cancel                        context.CancelFunc
+	done                          chan error
 }
 
 func startMesh(t testing.TB) *mesh { return startMeshWith(t, false) }
@@ -654,9 +654,9 @@ func startMeshWith(t testing.TB, productionDial bool) *mesh {
 	go func() {
 		cfg := Config{
 			Namespace: "ns", Name: "waypoint", RootCertFile: rootFile, XDSAddress: xdsAddr, TokenFile: tokenFile,
-			HBONEAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DrainTimeout: 5 * time.Second,
+			HBONEAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", DrainTimeout: 5 * time.Second,
 			Log: quietLog(), Ready: m.ready.Store,
-			Listening: func(h, mon net.Addr) { m.hboneAddr, m.monAddr = h, mon; close(listening) },
+			Listening: func(h, mon, adm net.Addr) { m.hboneAddr, m.monAddr, m.adminAddr = h, mon, adm; close(listening) },
 			HBONEDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				if strings.HasSuffix(addr, ":15008") {
 					addr = ztAddr // every captured endpoint's node runs this ztunnel

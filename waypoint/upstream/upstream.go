@@ -269,6 +269,9 @@ func (h *Host) HBONE() bool { return h.key.hbone }
 // Identity is the identity an HBONE host must prove (zero if unknown).
 func (h *Host) Identity() identity.Identity { return h.key.identity }
 
+// Active is the number of requests or connections in flight.
+func (h *Host) Active() int64 { return h.active.Load() }
+
 // Begin counts a request in flight (least request); call the returned
 // function when it ends.
 func (h *Host) Begin() (end func()) {

@@ -15,15 +15,19 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // grpcHealth is the gRPC backend's health service (tests flip statuses).
@@ -304,6 +308,55 @@ func TestTCPPassthroughAndNetworkRBAC(t *testing.T) {
 			t.Fatal("network RBAC deny never applied")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestTCPMaxConnectAttempts(t *testing.T) {
+	m := startMesh(t)
+	// A cluster without outlier detection (so the dead host stays in
+	// rotation): a closed port and the v2 HTTP backend.
+	const deadTCP = "outbound|9000||dead-tcp.ns.svc.cluster.local"
+	c := edsCluster(deadTCP, nil)
+	c.OutlierDetection = nil
+	c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN
+	m.cp.set(t, resourcev3.ClusterType, deadTCP, c)
+	m.cp.set(t, resourcev3.EndpointType, deadTCP, cla(deadTCP, socketEndpoint(closedPort(t), "dead"), socketEndpoint(m.v2.addr, "echo-v2")))
+	l := mainInternal(t, listenerOpts{})
+	tp := &tcpproxyv3.TcpProxy{StatPrefix: "tcp", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: deadTCP}, MaxConnectAttempts: wrapperspb.UInt32(2)}
+	l.FilterChains[1].Filters[len(l.FilterChains[1].Filters)-1].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, tp)}
+	m.cp.set(t, resourcev3.ListenerType, "main_internal", l)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	get := func() error {
+		conn, err := m.dial(ctx, 9000)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, _ = io.WriteString(conn, "GET /tcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return err
+		}
+		if resp.Header.Get("X-Backend") != "v2" {
+			return fmt.Errorf("answered by %q", resp.Header.Get("X-Backend"))
+		}
+		return nil
+	}
+	// Wait for the new chain (the old one goes to an echo server).
+	deadline := time.Now().Add(5 * time.Second)
+	for get() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the new tcp_proxy never applied")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Round robin alternates: every other connection first tries the
+	// closed port, and the second attempt saves it.
+	for i := range 10 {
+		if err := get(); err != nil {
+			t.Fatalf("connection %d with max_connect_attempts 2: %v", i, err)
+		}
 	}
 }
 

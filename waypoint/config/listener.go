@@ -149,7 +149,10 @@ func compileChain(path string, fc *listenerv3.FilterChain) (*Chain, error) {
 			if err := checkFields(cfg, fpath, "stat_prefix", "cluster", "idle_timeout", "access_log", "max_connect_attempts"); err != nil {
 				return nil, err
 			}
-			c.TCP = &TCPChain{StatPrefix: cfg.GetStatPrefix(), Cluster: cfg.GetCluster(), RBAC: rbacs}
+			c.TCP = &TCPChain{StatPrefix: cfg.GetStatPrefix(), Cluster: cfg.GetCluster(), RBAC: rbacs, MaxConnectAttempts: 1}
+			if n := cfg.GetMaxConnectAttempts(); n != nil && n.GetValue() > 1 {
+				c.TCP.MaxConnectAttempts = n.GetValue()
+			}
 		case messageName(&hcmv3.HttpConnectionManager{}):
 			if !last || len(rbacs) > 0 {
 				return nil, fmt.Errorf("%s: the HTTP connection manager must be the only filter", fpath)

@@ -96,6 +96,9 @@ type TCPChain struct {
 	StatPrefix string
 	Cluster    string
 	RBAC       []RBACFilter
+	// MaxConnectAttempts is how many hosts to try (max_connect_attempts,
+	// default 1).
+	MaxConnectAttempts uint32
 }
 
 // RBACFilter is one compiled RBAC filter. A filter without rules allows

@@ -359,16 +359,31 @@ func (p *Proxy) serveTCP(ctx context.Context, req *hbone.Request, conn hbone.Con
 		rec.Flags = "UH"
 	}
 	var up net.Conn
-	if err == nil {
+	// Up to max_connect_attempts hosts, each a different one when possible.
+	var tried []*upstream.Host
+	for attempt := uint32(1); err == nil; attempt++ {
 		rec.Destination, rec.UpstreamHost = destination(host), host.Address().String()
 		end := host.Begin()
-		defer end()
-		if up, err = host.Dial(ctx); err != nil {
-			rec.Flags = "UF"
-			host.Report(upstream.GatewayFailure)
-		} else {
+		if up, err = host.Dial(ctx); err == nil {
 			host.Report(upstream.Success)
+			defer end()
+			break
 		}
+		end()
+		rec.Flags = "UF"
+		host.Report(upstream.GatewayFailure)
+		tried = append(tried, host)
+		if attempt >= tc.MaxConnectAttempts || ctx.Err() != nil {
+			break
+		}
+		next, perr := cl.Pick(tried)
+		if perr != nil {
+			break
+		}
+		host, err = next, nil
+	}
+	if err == nil {
+		rec.Flags = "-"
 	}
 	p.opts.Telemetry.ConnOpened(ctx, rec)
 	if err != nil {

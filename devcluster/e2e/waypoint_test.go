@@ -318,6 +318,8 @@ metadata: {name: slow}
 spec:
   parentRefs: [{group: "", kind: Service, name: slow, port: 80}]
   rules:
+  - matches: [{headers: [{name: x-probe, value: v2}]}]
+    backendRefs: [{name: echo-v2, port: 80}]
   - timeouts: {request: 500ms}
     backendRefs: [{name: echo-v1, port: 80}]
 `)
@@ -407,6 +409,7 @@ spec:
 	})
 
 	t.Run("request timeout 504", func(t *testing.T) {
+		eventually(t, "the slow route in effect", time.Minute, routed("slow", "x-probe:v2"))
 		// Baseline: the cost of one exec'd request without delay.
 		t0 := time.Now()
 		if r := echoOne(c, ns, client, url("slow", "/?delay=100ms")); r.code != 200 {

@@ -412,6 +412,16 @@ func TestProtocolDetection(t *testing.T) {
 		t.Fatalf("second streamed message: %v %v", msg, err)
 	}
 	wcancel()
+	// gRPC on the auto-detected port too (h2c detected, then a grpc route).
+	cc7000, err := grpc.NewClient("passthrough:///"+echoHost+":7000", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return m.dial(ctx, 7000) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc7000.Close()
+	if resp, err := healthpb.NewHealthClient(cc7000).Check(ctx, &healthpb.HealthCheckRequest{Service: "echo"}); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC on the auto port: %v %v", resp, err)
+	}
 	// A gRPC error status travels in trailers.
 	_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: "unknown"})
 	if err == nil || !strings.Contains(err.Error(), "NotFound") {

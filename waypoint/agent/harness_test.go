@@ -509,6 +509,12 @@ func clusterRoute(prefix, cluster string) *routev3.Route {
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}}}
 }
 
+// grpcRoute sends gRPC requests (content-type application/grpc) to cluster.
+func grpcRoute(cluster string) *routev3.Route {
+	return &routev3.Route{Name: "grpc", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Grpc: &routev3.RouteMatch_GrpcRouteMatchOptions{}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}}}
+}
+
 func vhost(port int, routes ...*routev3.Route) *routev3.VirtualHost {
 	p := fmt.Sprint(port)
 	return &routev3.VirtualHost{Name: echoHost + ":" + p, Domains: []string{echoHost, echoHost + ":" + p, "echo.ns.svc", "echo.ns", vip, vip + ":" + p}, Routes: routes}
@@ -618,7 +624,7 @@ func startMeshWith(t testing.TB, productionDial bool) *mesh {
 	}
 	cp.set(t, resourcev3.RouteType, routeName, mainRoutes())
 	cp.set(t, resourcev3.RouteType, "inbound-vip|7000|http|"+echoHost, &routev3.RouteConfiguration{Name: "inbound-vip|7000|http|" + echoHost,
-		VirtualHosts: []*routev3.VirtualHost{vhost(7000, clusterRoute("/", clusterAut))}})
+		VirtualHosts: []*routev3.VirtualHost{vhost(7000, grpcRoute(clusterGRP), clusterRoute("/", clusterAut))}})
 	cp.set(t, resourcev3.RouteType, "inbound-vip|50051|http|"+echoHost, &routev3.RouteConfiguration{Name: "inbound-vip|50051|http|" + echoHost,
 		VirtualHosts: []*routev3.VirtualHost{vhost(50051, clusterRoute("/", clusterGRP))}})
 	cp.set(t, resourcev3.ListenerType, "main_internal", mainInternal(t, listenerOpts{}))

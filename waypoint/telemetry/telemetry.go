@@ -50,6 +50,7 @@ type Telemetry struct {
 
 	requests             metric.Int64Counter
 	duration             metric.Float64Histogram
+	reqBytes, respBytes  metric.Int64Histogram
 	tcpOpened, tcpClosed metric.Int64Counter
 	tcpSent, tcpReceived metric.Int64Counter
 	metricsOn            bool
@@ -71,6 +72,14 @@ func New(ctx context.Context, opts Options) (*Telemetry, error) {
 		if t.duration, err = m.Float64Histogram("istio_request_duration_milliseconds", metric.WithUnit("ms"),
 			metric.WithDescription("Request duration, in milliseconds."),
 			metric.WithExplicitBucketBoundaries(0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000)); err != nil {
+			return nil, fmt.Errorf("telemetry: %w", err)
+		}
+		// Istio's size buckets: 1 B to 100 MB, ×10.
+		sizeBuckets := metric.WithExplicitBucketBoundaries(1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000)
+		if t.reqBytes, err = m.Int64Histogram("istio_request_bytes", metric.WithUnit("By"), metric.WithDescription("Request body sizes."), sizeBuckets); err != nil {
+			return nil, fmt.Errorf("telemetry: %w", err)
+		}
+		if t.respBytes, err = m.Int64Histogram("istio_response_bytes", metric.WithUnit("By"), metric.WithDescription("Response body sizes."), sizeBuckets); err != nil {
 			return nil, fmt.Errorf("telemetry: %w", err)
 		}
 		for _, c := range []struct {
@@ -210,6 +219,8 @@ func (t *Telemetry) RecordRequest(ctx context.Context, r *Request) {
 		set := metric.WithAttributeSet(r.attrs())
 		t.requests.Add(ctx, 1, set)
 		t.duration.Record(ctx, float64(r.Duration)/float64(time.Millisecond), set)
+		t.reqBytes.Record(ctx, r.BytesReceived, set)
+		t.respBytes.Record(ctx, r.BytesSent, set)
 	}
 	t.log.LogAttrs(ctx, slog.LevelInfo, "request",
 		slog.String("src.ip", r.ClientIP), slog.String("src.principal", r.Source.Principal), slog.String("src.workload", r.Source.Workload),

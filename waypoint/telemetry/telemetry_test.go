@@ -51,7 +51,7 @@ func TestSpanPerRequestAndPropagation(t *testing.T) {
 	rec := httptest.NewRecorder()
 	prov.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	body := rec.Body.String()
-	for _, want := range []string{`istio_requests_total{`, `grpc_response_status="0"`, `request_protocol="grpc"`, `source_workload="unknown"`, `istio_request_duration_milliseconds_bucket{`} {
+	for _, want := range []string{`istio_requests_total{`, `grpc_response_status="0"`, `request_protocol="grpc"`, `source_workload="unknown"`, `istio_request_duration_milliseconds_bucket{`, `istio_request_bytes_bucket{`, `istio_response_bytes_bucket{`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
 		}

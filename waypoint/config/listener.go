@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -152,6 +153,10 @@ func compileChain(path string, fc *listenerv3.FilterChain) (*Chain, error) {
 			c.TCP = &TCPChain{StatPrefix: cfg.GetStatPrefix(), Cluster: cfg.GetCluster(), RBAC: rbacs, MaxConnectAttempts: 1}
 			if n := cfg.GetMaxConnectAttempts(); n != nil && n.GetValue() > 1 {
 				c.TCP.MaxConnectAttempts = n.GetValue()
+			}
+			c.TCP.IdleTimeout = time.Hour
+			if d := cfg.GetIdleTimeout(); d != nil {
+				c.TCP.IdleTimeout = d.AsDuration()
 			}
 		case messageName(&hcmv3.HttpConnectionManager{}):
 			if !last || len(rbacs) > 0 {

@@ -99,6 +99,9 @@ type TCPChain struct {
 	// MaxConnectAttempts is how many hosts to try (max_connect_attempts,
 	// default 1).
 	MaxConnectAttempts uint32
+	// IdleTimeout closes a connection with no bytes either way for this
+	// long (idle_timeout, Envoy's default 1h; 0 disables).
+	IdleTimeout time.Duration
 }
 
 // RBACFilter is one compiled RBAC filter. A filter without rules allows

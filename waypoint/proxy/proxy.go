@@ -405,7 +405,12 @@ func (p *Proxy) serveTCP(ctx context.Context, req *hbone.Request, conn hbone.Con
 	defer p.wg.Done()
 	p.track(conn, true)
 	defer p.track(conn, false)
-	sent, received, err := hbone.Proxy(conn, up)
+	down, upc := net.Conn(conn), up
+	if tc.IdleTimeout > 0 {
+		stop := closeWhenIdle(tc.IdleTimeout, &down, &upc)
+		defer stop()
+	}
+	sent, received, err := hbone.Proxy(down, upc)
 	rec.Sent, rec.Received = sent, received
 	return finish(err)
 }

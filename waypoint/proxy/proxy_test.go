@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -202,5 +203,31 @@ func TestBackoffBounded(t *testing.T) {
 	cancel()
 	if sleepBackoff(ctx, &router.RetryPolicy{BaseInterval: time.Hour}, 3) {
 		t.Error("backoff ignored a cancelled context")
+	}
+}
+
+func TestCloseWhenIdle(t *testing.T) {
+	a1, a2 := net.Pipe()
+	b1, b2 := net.Pipe()
+	defer a2.Close()
+	defer b2.Close()
+	a, b := net.Conn(a1), net.Conn(b1)
+	stop := closeWhenIdle(100*time.Millisecond, &a, &b)
+	defer stop()
+	// Activity keeps the connection open past the idle time.
+	go func() { _, _ = io.Copy(io.Discard, a2) }()
+	for range 4 {
+		if _, err := a.Write([]byte("x")); err != nil {
+			t.Fatalf("closed while active: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Silence closes both ends.
+	time.Sleep(250 * time.Millisecond)
+	if _, err := a.Write([]byte("x")); err == nil {
+		t.Error("a still open after the idle timeout")
+	}
+	if _, err := b.Write([]byte("x")); err == nil {
+		t.Error("b still open after the idle timeout")
 	}
 }

@@ -485,7 +485,7 @@ spec:
 					run = 0
 					continue
 				}
-				if run++; run == 5 && failures > 0 {
+				if run++; run == 5 && failures > 0 && recovered.IsZero() {
 					recovered = s.at
 				}
 			}

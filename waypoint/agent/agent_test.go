@@ -149,6 +149,23 @@ func TestTimeout(t *testing.T) {
 	}
 }
 
+func TestStreamIdleTimeout(t *testing.T) {
+	m := startMesh(t)
+	c := m.httpClient(80, false)
+	start := time.Now()
+	r := m.do(t, c, echoHost, "/idle", nil)
+	if r.code != 408 || r.body != "stream timeout" {
+		t.Fatalf("idle request: %d %q, want 408", r.code, r.body)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("idle timeout took %v, want about 250ms", took)
+	}
+	// A response that keeps flowing is not idle, whatever its length.
+	if r := m.do(t, c, echoHost, "/drip", nil); r.code != 200 || !strings.Contains(r.body, "chunk 5") {
+		t.Errorf("streaming response: %d %q", r.code, r.body)
+	}
+}
+
 func TestRetryThenSuccess(t *testing.T) {
 	m := startMesh(t)
 	var n atomic.Int64

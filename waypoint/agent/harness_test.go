@@ -333,7 +333,15 @@ func startBackend(t testing.TB, name string) *backend {
 		if b.serve != nil && b.serve(w, r) {
 			return
 		}
-		if strings.HasPrefix(r.URL.Path, "/timeout") {
+		if strings.HasPrefix(r.URL.Path, "/drip") {
+			for i := range 6 { // a chunk every 100ms: never idle for 250ms
+				fmt.Fprintf(w, "chunk %d\n", i)
+				w.(http.Flusher).Flush()
+				time.Sleep(100 * time.Millisecond)
+			}
+			return
+		}
+		if strings.HasPrefix(r.URL.Path, "/timeout") || strings.HasPrefix(r.URL.Path, "/idle") {
 			select {
 			case <-time.After(3 * time.Second):
 			case <-r.Context().Done():
@@ -556,12 +564,18 @@ func mainRoutes() *routev3.RouteConfiguration {
 			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: mustAnyNoT(&previoushostsv3.PreviousHostsPredicate{})}}},
 		HostSelectionRetryMaxAttempts: 3,
 		RetryBackOff:                  &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond)}}
+	idle := clusterRoute("/idle", clusterV1)
+	idle.GetRoute().Timeout = durationpb.New(0)
+	idle.GetRoute().IdleTimeout = durationpb.New(250 * time.Millisecond)
+	drip := clusterRoute("/drip", clusterV1)
+	drip.GetRoute().Timeout = durationpb.New(0)
+	drip.GetRoute().IdleTimeout = durationpb.New(250 * time.Millisecond)
 	invalid := clusterRoute("/invalid-backend", "gamma-invalid-backend")
 	invalid.GetRoute().ClusterNotFoundResponseCode = routev3.RouteAction_INTERNAL_SERVER_ERROR
 	exactV2 := &routev3.Route{Name: "exact-v2", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/v2only"}},
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: clusterV2}}}}
 	return &routev3.RouteConfiguration{Name: routeName, VirtualHosts: []*routev3.VirtualHost{vhost(80,
-		redirect, direct, exactV2, split, timeout, perTry, retry, connFail, mirror, mut, invalid,
+		redirect, direct, exactV2, split, timeout, idle, drip, perTry, retry, connFail, mirror, mut, invalid,
 		clusterRoute("/outlier", clusterOut), byHeader, clusterRoute("/", clusterV1))}}
 }
 

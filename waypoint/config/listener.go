@@ -215,6 +215,10 @@ func compileHCM(path string, a *anypb.Any) (*HTTPChain, error) {
 	}
 	h := &HTTPChain{StatPrefix: cfg.GetStatPrefix(), NormalizePath: cfg.GetNormalizePath().GetValue(),
 		StripAnyHostPort: cfg.GetStripAnyHostPort(), StripMatchingHostPort: cfg.GetStripMatchingHostPort(), Upgrades: upgrades}
+	h.StreamIdleTimeout = 5 * time.Minute
+	if d := cfg.GetStreamIdleTimeout(); d != nil {
+		h.StreamIdleTimeout = d.AsDuration()
+	}
 	switch {
 	case cfg.GetRds() != nil:
 		h.RouteName = cfg.GetRds().GetRouteConfigName()

@@ -89,6 +89,10 @@ type HTTPChain struct {
 	// Upgrades are the upgrade types the HCM allows (upgrade_configs:
 	// "websocket"), lower-cased.
 	Upgrades []string
+	// StreamIdleTimeout resets a request with no activity for this long
+	// (stream_idle_timeout, Envoy's default 5m; 0 disables); a route's
+	// idle_timeout replaces it.
+	StreamIdleTimeout time.Duration
 }
 
 // TCPChain is network RBAC filters then a tcp_proxy.

@@ -290,6 +290,10 @@ func sleepBackoff(ctx context.Context, rp *router.RetryPolicy, n int) bool {
 func (p *Proxy) failLocally(w *responseWriter, r *http.Request, ctx context.Context, res attemptResult, rec *telemetry.Request, retried bool) {
 	var ce *upstream.ConnectError
 	switch {
+	case w.idle():
+		rec.Flags = "SI"
+		localReply(w, http.StatusRequestTimeout, "stream timeout")
+		return
 	case r.Context().Err() != nil:
 		rec.Flags = "DC" // the client went away
 		w.status = 499
@@ -359,9 +363,12 @@ func (p *Proxy) copyResponse(w *responseWriter, r *http.Request, ctx context.Con
 			break
 		}
 		if err != nil {
-			if ctx.Err() != nil && r.Context().Err() == nil {
+			switch {
+			case w.idle():
+				rec.Flags = "SI"
+			case ctx.Err() != nil && r.Context().Err() == nil:
 				rec.Flags = "UT"
-			} else {
+			default:
 				rec.Flags = "UC"
 			}
 			// Headers are out: the only way to tell the client is to reset

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -36,7 +37,9 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	defer span.End()
 	r = r.WithContext(ctx)
 
-	rw := &responseWriter{ResponseWriter: w}
+	act := &atomic.Int64{} // last activity, for the stream idle timeout
+	act.Store(start.UnixNano())
+	rw := &responseWriter{ResponseWriter: w, act: act}
 	rec := &telemetry.Request{
 		Source: source(snap, info), Protocol: "http", Method: r.Method, Authority: r.Host, Path: r.RequestURI,
 		Flags: "-", Chain: chain.Name, TraceID: span.SpanContext().TraceID().String(),
@@ -47,7 +50,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if isGRPC(r.Header) {
 		rec.Protocol = "grpc"
 	}
-	body := &countingReader{r: r.Body}
+	body := &countingReader{r: r.Body, act: act}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = body
 	}
@@ -128,6 +131,16 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = rw.Write(d.DirectBody)
 		return
 	}
+	idle := hc.StreamIdleTimeout
+	if d.IdleTimeout != nil {
+		idle = *d.IdleTimeout
+	}
+	if idle > 0 && upgrade == "" {
+		ictx, fired, stop := watchIdle(r.Context(), idle, act)
+		defer stop()
+		r = r.WithContext(ictx)
+		rw.idleFired = fired
+	}
 	p.forward(rw, r, d, rec, span, upgrade)
 }
 
@@ -167,7 +180,12 @@ type responseWriter struct {
 	http.ResponseWriter
 	status int
 	n      int64
+	act    *atomic.Int64
+	// idleFired tells whether the stream idle timeout ended the request.
+	idleFired *atomic.Bool
 }
+
+func (w *responseWriter) idle() bool { return w.idleFired != nil && w.idleFired.Load() }
 
 func (w *responseWriter) WriteHeader(code int) {
 	if w.status == 0 {
@@ -182,6 +200,9 @@ func (w *responseWriter) Write(b []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(b)
 	w.n += int64(n)
+	if n > 0 && w.act != nil {
+		w.act.Store(time.Now().UnixNano())
+	}
 	return n, err
 }
 
@@ -202,13 +223,17 @@ func (w *responseWriter) code() int {
 
 // countingReader counts request body bytes.
 type countingReader struct {
-	r io.ReadCloser
-	n int64
+	r   io.ReadCloser
+	n   int64
+	act *atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if n > 0 && c.act != nil {
+		c.act.Store(time.Now().UnixNano())
+	}
 	return n, err
 }
 

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"sync/atomic"
 	"time"
@@ -64,4 +65,34 @@ func closeWhenIdle(idle time.Duration, a, b *net.Conn) (stop func()) {
 		}
 	}()
 	return func() { close(done) }
+}
+
+// watchIdle cancels the returned context once last (unix nanoseconds,
+// updated by the request's body reads and response writes) is older than
+// idle: the stream idle timeout. fired says whether it did.
+func watchIdle(ctx context.Context, idle time.Duration, last *atomic.Int64) (context.Context, *atomic.Bool, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	fired := &atomic.Bool{}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTimer(idle)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				quiet := time.Since(time.Unix(0, last.Load()))
+				if quiet >= idle {
+					fired.Store(true)
+					cancel()
+					return
+				}
+				t.Reset(idle - quiet)
+			}
+		}
+	}()
+	return ctx, fired, func() { close(done); cancel() }
 }

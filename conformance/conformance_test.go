@@ -169,8 +169,8 @@ func TestConformance(t *testing.T) {
 		switch {
 		case st.Failed():
 			r = "FAIL"
-		case st.Skipped() && !supported.HasAll(test.Features...):
-			r = "UNSUPPORTED"
+		case st.Skipped() && (!supported.HasAll(test.Features...) || opts.RunTest != "" && opts.RunTest != test.ShortName):
+			r = "NOTRUN"
 		case st.Skipped():
 			r = "SKIP"
 		}
@@ -215,7 +215,10 @@ func TestConformance(t *testing.T) {
 			t.Errorf("conformance report: %v", err)
 			return
 		}
-		path := writeReport(t, report)
+		path := "(not written: CONFORMANCE_RUN_TEST ran one test; set CONFORMANCE_REPORT_DIR to write it)"
+		if opts.RunTest == "" || os.Getenv("CONFORMANCE_REPORT_DIR") != "" {
+			path = writeReport(t, report)
+		}
 		summarize(t, results, timing, report, path, time.Since(start), runTime)
 	})
 
@@ -403,10 +406,10 @@ func writeReport(t *testing.T, report *confv1.ConformanceReport) string {
 // counts of the profiles, and where the report is.
 func summarize(t *testing.T, results map[string]string, timing map[string]time.Duration, report *confv1.ConformanceReport, path string, total, run time.Duration) {
 	var names []string
-	unsupported := 0
+	notRun := 0
 	for n, r := range results {
-		if r == "UNSUPPORTED" {
-			unsupported++
+		if r == "NOTRUN" {
+			notRun++
 			continue
 		}
 		names = append(names, n)
@@ -426,8 +429,8 @@ func summarize(t *testing.T, results map[string]string, timing map[string]time.D
 			skipped++
 		}
 	}
-	fmt.Fprintf(&b, "%d tests: %d passed, %d failed, %d skipped; %d not run (they need features outside the mesh profiles, e.g. Gateway)\n",
-		len(names), passed, failed, skipped, unsupported)
+	fmt.Fprintf(&b, "tests run: %d (%d passed, %d failed, %d skipped); %d not run (not selected, or they need features outside the mesh profiles, e.g. Gateway)\n",
+		len(names), passed, failed, skipped, notRun)
 	for _, p := range report.ProfileReports {
 		fmt.Fprintf(&b, "profile %s: core %s (%d passed, %d failed, %d skipped)", p.Name, p.Core.Result, p.Core.Passed, p.Core.Failed, p.Core.Skipped)
 		if p.Extended != nil {

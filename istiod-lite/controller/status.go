@@ -172,7 +172,7 @@ func (w *StatusWriter) write(ctx context.Context, k statusKey) error {
 		if u.GetUID() != o.ref.UID || u.GetGeneration() != o.ref.Generation {
 			return nil // a newer version is on its way through the informer
 		}
-		if !setCondition(u, metav1.Condition{
+		if !SetCondition(u, metav1.Condition{
 			Type: ConditionZtunnelAccepted, Status: st, Reason: reason, Message: message, ObservedGeneration: o.ref.Generation,
 		}) {
 			return nil
@@ -191,10 +191,10 @@ func (w *StatusWriter) write(ctx context.Context, k statusKey) error {
 	return nil
 }
 
-// setCondition sets cond in u's status.conditions, keeping other
+// SetCondition sets cond in u's status.conditions, keeping other
 // conditions and the transition time when the status is unchanged. It
 // reports whether anything changed.
-func setCondition(u *unstructured.Unstructured, cond metav1.Condition) bool {
+func SetCondition(u *unstructured.Unstructured, cond metav1.Condition) bool {
 	raw, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
 	now := metav1.Now().UTC().Format(time.RFC3339)
 	out := make([]any, 0, len(raw)+1)

@@ -221,7 +221,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("istiod-lite: mesh roots for waypoints: %w", err)
 	}
 	waypoints, err := waypointconfig.New(waypointconfig.Options{
-		Gateway: gwClient, Informers: kubeInformers, DynamicInformers: dynInformers, Sink: xdsServer,
+		Gateway: gwClient, Dynamic: dyn, Informers: kubeInformers, DynamicInformers: dynInformers, Sink: xdsServer,
 		Build:    waypointxds.Options{TrustDomain: authority.TrustDomain(), Domain: cfg.DomainSuffix, RootNamespace: cfg.Namespace, RootCerts: trustPEM},
 		Debounce: cfg.Debounce, Log: log,
 	})

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
@@ -42,6 +44,9 @@ type Sink interface {
 // Options configure a Controller.
 type Options struct {
 	Gateway gatewayclient.Interface
+	// Dynamic writes the WaypointAccepted condition of
+	// AuthorizationPolicies; nil skips it.
+	Dynamic dynamic.Interface
 	// Informers and DynamicInformers are shared with the ambient
 	// controller (controller.Options); New registers on them, so it must
 	// be called before they are started.
@@ -66,8 +71,13 @@ type Controller struct {
 	mu       sync.Mutex
 	nodes    map[string]bool // waypoint nodes with a configuration
 	statuses map[routeKey][]gamma.RouteStatus
+	policies map[types.NamespacedName]policyCondition
 	version  uint64 // bumped after each rebuild, for status writers
 	changed  chan struct{}
+
+	// written is the last policy condition RunStatus wrote (its goroutine
+	// only).
+	written map[types.NamespacedName]policyCondition
 }
 
 // New registers the informers; Run starts the work.
@@ -90,6 +100,7 @@ func New(opts Options) (*Controller, error) {
 		opts: opts, log: opts.Log.With("component", "waypoint-config"),
 		kick: make(chan struct{}, 1), nodes: map[string]bool{}, changed: make(chan struct{}),
 		statuses: map[routeKey][]gamma.RouteStatus{},
+		written:  map[types.NamespacedName]policyCondition{},
 	}
 	c.gwf = gatewayinformers.NewSharedInformerFactoryWithOptions(opts.Gateway, 0,
 		gatewayinformers.WithTransform(controller.StripManagedFields))
@@ -173,6 +184,7 @@ func (c *Controller) rebuild(ctx context.Context) {
 		return
 	}
 	want := map[string]bool{}
+	bound := map[types.NamespacedName]*policyBinding{}
 	for _, gw := range gws {
 		if string(gw.Spec.GatewayClassName) != waypointClass || gw.DeletionTimestamp != nil {
 			continue
@@ -189,9 +201,17 @@ func (c *Controller) rebuild(ctx context.Context) {
 		}
 		want[node] = true
 		for _, p := range rep.Policies {
+			k := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
+			b := bound[k]
+			if b == nil {
+				b = &policyBinding{}
+				bound[k] = b
+			}
+			b.waypoints = append(b.waypoints, gw.Namespace+"/"+gw.Name)
 			for _, problem := range p.Problems {
-				c.log.Debug("policy not enforced as written at the waypoint", "waypoint", gw.Namespace+"/"+gw.Name,
-					"policy", p.Namespace+"/"+p.Name, "problem", problem)
+				if !slices.Contains(b.problems, problem) {
+					b.problems = append(b.problems, problem)
+				}
 			}
 		}
 	}
@@ -205,8 +225,14 @@ func (c *Controller) rebuild(ctx context.Context) {
 	c.mu.Unlock()
 
 	statuses := routeStatuses(c.state, c.opts.Build.Domain)
+	rootNS := c.opts.Build.RootNamespace
+	if rootNS == "" {
+		rootNS = "istio-system"
+	}
+	policies := policyConditions(c.state, bound, rootNS)
 	c.mu.Lock()
 	c.statuses = statuses
+	c.policies = policies
 	c.version++
 	close(c.changed)
 	c.changed = make(chan struct{})
@@ -220,12 +246,12 @@ func (c *Controller) hasNode(node string) bool {
 	return c.nodes[node]
 }
 
-// Statuses returns the latest route statuses and a channel closed at the
-// next rebuild.
-func (c *Controller) Statuses() (map[routeKey][]gamma.RouteStatus, <-chan struct{}) {
+// Statuses returns the latest route statuses and policy conditions, and a
+// channel closed at the next rebuild.
+func (c *Controller) Statuses() (map[routeKey][]gamma.RouteStatus, map[types.NamespacedName]policyCondition, <-chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.statuses, c.changed
+	return c.statuses, c.policies, c.changed
 }
 
 // Waypoints returns the nodes that have a configuration, sorted.

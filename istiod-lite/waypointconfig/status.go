@@ -141,7 +141,7 @@ func (l lookup) ReferenceGranted(from, toNS, toName string) bool {
 // entries are kept.
 func (c *Controller) RunStatus(ctx context.Context) {
 	for {
-		statuses, changed := c.Statuses()
+		statuses, policies, changed := c.Statuses()
 		failed := false
 		for _, kind := range []string{gamma.KindHTTPRoute, gamma.KindGRPCRoute} {
 			if err := c.writeStatuses(ctx, kind, statuses); err != nil {
@@ -151,6 +151,13 @@ func (c *Controller) RunStatus(ctx context.Context) {
 				c.log.Warn("route status not written; retrying", "kind", kind, "error", err)
 				failed = true
 			}
+		}
+		if err := c.writePolicyConditions(ctx, policies); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.log.Warn("policy status not written; retrying", "error", err)
+			failed = true
 		}
 		retry := time.After(time.Hour)
 		if failed {

@@ -2,6 +2,7 @@ package waypointconfig_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,6 +17,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -155,7 +157,7 @@ func TestWaypointConfigurationAndRouteStatus(t *testing.T) {
 	kf := controller.NewInformerFactory(env.Client, 0)
 	df := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	c, err := waypointconfig.New(waypointconfig.Options{
-		Gateway: gw, Informers: kf, DynamicInformers: df, Sink: rec, Debounce: 20 * time.Millisecond,
+		Gateway: gw, Dynamic: dyn, Informers: kf, DynamicInformers: df, Sink: rec, Debounce: 20 * time.Millisecond,
 		Build: waypointxds.Options{RootCerts: []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")},
 	})
 	if err != nil {
@@ -230,6 +232,56 @@ func TestWaypointConfigurationAndRouteStatus(t *testing.T) {
 		c := cond("bad", "ResolvedRefs")
 		return c != nil && c.Status == metav1.ConditionTrue
 	})
+
+	// Policies with targetRefs get WaypointAccepted: bound through the
+	// Gateway, not bound (a Service no waypoint serves), target missing.
+	policy := func(name string, target map[string]any) {
+		t.Helper()
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+			"metadata": map[string]any{"name": name, "namespace": ns},
+			"spec":     map[string]any{"action": "DENY", "targetRefs": []any{target}, "rules": []any{map[string]any{"to": []any{map[string]any{"operation": map[string]any{"paths": []any{"/admin"}}}}}}},
+		}}
+		if _, err := dyn.Resource(controller.AuthorizationPolicies).Namespace(ns).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	policy("via-gateway", map[string]any{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"})
+	policy("unbound", map[string]any{"group": "", "kind": "Service", "name": "missing"})
+	policy("no-target", map[string]any{"group": "", "kind": "Service", "name": "nothing-here"})
+	waypointAccepted := func(name string) (status, reason string) {
+		u, err := dyn.Resource(controller.AuthorizationPolicies).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return "", ""
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			if m, ok := c.(map[string]any); ok && m["type"] == waypointconfig.ConditionWaypointAccepted {
+				return fmt.Sprint(m["status"]), fmt.Sprint(m["reason"])
+			}
+		}
+		return "", ""
+	}
+	// Service "missing" (created above) would use the namespace's waypoint:
+	// opt it out so that "unbound" targets a Service no waypoint serves.
+	missing, err := env.Client.CoreV1().Services(ns).Get(ctx, "missing", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing.Labels = map[string]string{"istio.io/use-waypoint": "none"}
+	if _, err := env.Client.CoreV1().Services(ns).Update(ctx, missing, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][2]string{
+		"via-gateway": {"True", waypointconfig.ReasonAccepted},
+		"unbound":     {"False", waypointconfig.ReasonAncestorNotBound},
+		"no-target":   {"False", waypointconfig.ReasonTargetNotFound},
+	} {
+		eventually(t, "WaypointAccepted of "+name, func() bool {
+			st, reason := waypointAccepted(name)
+			return st == want[0] && reason == want[1]
+		})
+	}
 
 	// The Service opts out: the waypoint no longer serves it.
 	svc, err = env.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})

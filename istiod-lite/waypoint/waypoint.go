@@ -266,6 +266,11 @@ func (c *Controller) apply(ctx context.Context, gw *gatewayv1.Gateway) error {
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(map[string]string{LabelGatewayName: name})).
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(podLabels).
+				// Istio's scrape annotations, for Prometheus setups that
+				// honour them.
+				WithAnnotations(map[string]string{
+					"prometheus.io/scrape": "true", "prometheus.io/port": "15020", "prometheus.io/path": "/metrics",
+				}).
 				WithSpec(corev1ac.PodSpec().
 					WithServiceAccountName(name).
 					WithTerminationGracePeriodSeconds(30).
@@ -306,6 +311,7 @@ func (c *Controller) apply(ctx context.Context, gw *gatewayv1.Gateway) error {
 						WithPorts(
 							corev1ac.ContainerPort().WithName("mesh").WithContainerPort(MeshPort).WithProtocol(corev1.ProtocolTCP),
 							corev1ac.ContainerPort().WithName("health").WithContainerPort(15021).WithProtocol(corev1.ProtocolTCP),
+							corev1ac.ContainerPort().WithName("metrics").WithContainerPort(15020).WithProtocol(corev1.ProtocolTCP),
 						).
 						WithReadinessProbe(corev1ac.Probe().WithHTTPGet(
 							corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("health")))).

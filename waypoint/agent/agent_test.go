@@ -205,13 +205,16 @@ func TestPerTryTimeoutRetried(t *testing.T) {
 		}
 		return false
 	}
-	start := time.Now()
-	r := m.do(t, m.httpClient(80, false), echoHost, "/pertry", nil)
-	if r.code != 200 || r.echo.Backend != "flaky" {
-		t.Fatalf("per-try timeout then retry: %d %q", r.code, r.body)
-	}
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("took %v: the per-try timeout (150ms) did not cut the first try", took)
+	for _, path := range []string{"/pertry", "/ptidle"} { // per_try_timeout, per_try_idle_timeout
+		n.Store(0)
+		start := time.Now()
+		r := m.do(t, m.httpClient(80, false), echoHost, path, nil)
+		if r.code != 200 || r.echo.Backend != "flaky" {
+			t.Fatalf("%s: timeout then retry: %d %q", path, r.code, r.body)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("%s took %v: the 150ms per-try limit did not cut the first try", path, took)
+		}
 	}
 }
 

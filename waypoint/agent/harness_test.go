@@ -558,6 +558,9 @@ func mainRoutes() *routev3.RouteConfiguration {
 	perTry := clusterRoute("/pertry", clusterFlk)
 	perTry.GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(2),
 		PerTryTimeout: durationpb.New(150 * time.Millisecond), RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(5 * time.Millisecond)}}
+	perTryIdle := clusterRoute("/ptidle", clusterFlk)
+	perTryIdle.GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(2),
+		PerTryIdleTimeout: durationpb.New(150 * time.Millisecond), RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(5 * time.Millisecond)}}
 	connFail := clusterRoute("/connfail", clusterDead)
 	connFail.GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "connect-failure", NumRetries: wrapperspb.UInt32(3),
 		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts",
@@ -575,7 +578,7 @@ func mainRoutes() *routev3.RouteConfiguration {
 	exactV2 := &routev3.Route{Name: "exact-v2", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/v2only"}},
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: clusterV2}}}}
 	return &routev3.RouteConfiguration{Name: routeName, VirtualHosts: []*routev3.VirtualHost{vhost(80,
-		redirect, direct, exactV2, split, timeout, idle, drip, perTry, retry, connFail, mirror, mut, invalid,
+		redirect, direct, exactV2, split, timeout, idle, drip, perTry, perTryIdle, retry, connFail, mirror, mut, invalid,
 		clusterRoute("/outlier", clusterOut), byHeader, clusterRoute("/", clusterV1))}}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -173,22 +174,41 @@ func (p *Proxy) tryOnce(ctx context.Context, cl *upstream.Cluster, d *router.Dec
 	if d.Retry != nil && d.Retry.PerTryTimeout > 0 {
 		perTry = time.AfterFunc(d.Retry.PerTryTimeout, func() { close(timedOut); cancel() })
 	}
+	// per_try_idle_timeout: the try ends when no byte has come from the
+	// upstream for that long, waiting for headers included.
+	var idleFired *atomic.Bool
+	var last *atomic.Int64
+	stopIdle := func() {}
+	if d.Retry != nil && d.Retry.PerTryIdleTimeout > 0 {
+		last = &atomic.Int64{}
+		last.Store(time.Now().UnixNano())
+		actx, idleFired, stopIdle = watchIdle(actx, d.Retry.PerTryIdleTimeout, last)
+	}
 	end := host.Begin()
 	resp, err := host.Transport(http2).RoundTrip(newReq(actx, host))
-	res := attemptResult{resp: resp, err: err, host: host, cancel: cancel, end: end}
-	if perTry != nil && err != nil {
-		perTry.Stop()
+	if err == nil && last != nil {
+		last.Store(time.Now().UnixNano())
+		resp.Body = &touchReader{ReadCloser: resp.Body, last: last}
+	}
+	res := attemptResult{resp: resp, err: err, host: host, cancel: cancel, end: func() { stopIdle(); end() }}
+	if err != nil {
+		if perTry != nil {
+			perTry.Stop()
+		}
 		select {
 		case <-timedOut:
 			res.timeout = true
 		default:
 		}
+		if idleFired != nil && idleFired.Load() {
+			res.timeout = true
+		}
 	}
 	if perTry != nil && err == nil {
 		// The per-try timeout covers the response body too; it is stopped
 		// once the response is done (release).
-		stop := perTry.Stop
-		res.end = func() { stop(); end() }
+		stop, endTry := perTry.Stop, res.end
+		res.end = func() { stop(); endTry() }
 	}
 	switch {
 	case err != nil:
@@ -429,6 +449,20 @@ func (p *Proxy) mirror(r *http.Request, h http.Header, u *url.URL, d *router.Dec
 		_, _ = io.Copy(io.Discard, resp.Body)
 		_ = resp.Body.Close()
 	}()
+}
+
+// touchReader records when bytes last came from the upstream.
+type touchReader struct {
+	io.ReadCloser
+	last *atomic.Int64
+}
+
+func (t *touchReader) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	if n > 0 {
+		t.last.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 // copyBufs are the response copy buffers (a fresh 32 KiB per request

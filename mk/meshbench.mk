@@ -8,7 +8,7 @@
 
 MESHBENCH_FLAGS ?=
 
-.PHONY: bench-mesh
+.PHONY: bench-mesh bench-waypoint
 
 ## bench-mesh: ztunnel vs direct pod-to-pod on devcluster: fortio latency at
 ## 1,000 req/s, ztunnel CPU and RSS, iperf3 throughput; prints markdown
@@ -18,3 +18,24 @@ bench-mesh:
 	$(CURDIR)/devcluster/scripts/images.sh import fortio
 	@eval "$$($(CURDIR)/devcluster/scripts/env.sh)" && cd $(CURDIR)/devcluster && \
 	  $(GO) run ./cmd/meshbench -kubectl "$$KUBECTL" -kubeconfig "$$KUBECONFIG" $(MESHBENCH_FLAGS)
+
+## bench-waypoint: through a waypoint vs ztunnel only on devcluster (same
+## run, alternating): fortio latency at 1,000 req/s, the waypoint's CPU per
+## 1,000 requests and RSS (docs/performance.md, "Waypoint on devcluster").
+## Brings devcluster up and installs ambit (manifests/devcluster) when they
+## are not; MESHBENCH_FLAGS passes flags (e.g. -rounds 4 -raw FILE).
+bench-waypoint:
+	$(CURDIR)/devcluster/scripts/build.sh
+	$(CURDIR)/devcluster/scripts/up.sh
+	$(CURDIR)/devcluster/scripts/images.sh base
+	$(CURDIR)/devcluster/scripts/images.sh import fortio
+	@eval "$$($(CURDIR)/devcluster/scripts/env.sh)" && \
+	  if ! $$KUBECTL --kubeconfig "$$KUBECONFIG" -n istio-system get daemonset ztunnel >/dev/null 2>&1; then \
+	    echo "bench-waypoint: installing ambit (images.sh ambit/import, kubectl apply -k manifests/devcluster)"; \
+	    $(CURDIR)/devcluster/scripts/images.sh ambit && $(CURDIR)/devcluster/scripts/images.sh import || exit 1; \
+	    $$KUBECTL --kubeconfig "$$KUBECONFIG" apply -k $(CURDIR)/manifests/devcluster || exit 1; \
+	  fi; \
+	  $$KUBECTL --kubeconfig "$$KUBECONFIG" -n istio-system rollout status deployment/istiod-lite --timeout=180s && \
+	  $$KUBECTL --kubeconfig "$$KUBECONFIG" -n istio-system rollout status daemonset/ztunnel --timeout=180s && \
+	  cd $(CURDIR)/devcluster && \
+	  $(GO) run ./cmd/meshbench -waypoint -kubectl "$$KUBECTL" -kubeconfig "$$KUBECONFIG" $(MESHBENCH_FLAGS)

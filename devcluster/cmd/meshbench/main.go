@@ -55,6 +55,12 @@ type config struct {
 	iperfRounds            int
 	keep                   bool
 	raw                    string
+	// waypoint: measure ztunnel-only vs through a waypoint (waypoint.go)
+	// instead of direct vs ztunnel.
+	waypoint bool
+	// wpUID is the waypoint pod's uid when measuring a waypoint: measure
+	// then samples its CPU time too.
+	wpUID string
 }
 
 func main() {
@@ -73,6 +79,7 @@ func main() {
 	flag.IntVar(&c.iperfRounds, "iperf-rounds", 2, "iperf3 rounds; each is one direct and one mesh run")
 	flag.BoolVar(&c.keep, "keep", false, "keep the namespaces afterwards")
 	flag.StringVar(&c.raw, "raw", "", "also write every run's raw figures (JSON) to this file")
+	flag.BoolVar(&c.waypoint, "waypoint", false, "measure the path through a waypoint against the ztunnel-only path (two Services to the same server pod, one labelled istio.io/use-waypoint) instead of ztunnel against direct; no iperf3")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -175,6 +182,9 @@ spec:
 func run(ctx context.Context, c config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root: it reads the ztunnel processes' /proc entries")
+	}
+	if c.waypoint {
+		return runWaypoint(ctx, c)
 	}
 	if err := c.pickNodes(ctx); err != nil {
 		return err
@@ -332,6 +342,7 @@ type result struct {
 	ZtunnelSyscalls, ZtunnelCtxSw map[string]uint64
 	AppCPU                        float64       // CPU seconds of the client and server pods (fortio or iperf3; cgroup cpuacct)
 	MachineCPU                    float64       // busy fraction of all of the machine's CPUs over the run
+	WaypointCPU                   float64       `json:",omitempty"` // CPU seconds of the waypoint pod (cgroup cpuacct), -waypoint only
 	HTTP                          *fortioResult `json:",omitempty"`
 	TCP                           *iperfResult  `json:",omitempty"`
 }
@@ -346,17 +357,18 @@ func (c *config) measure(ctx context.Context, zt *ztunnels, b *bench, round int,
 		if err != nil {
 			return nil, err
 		}
-		m0, a0 := machineCPU(), podCPU(b.podUIDs)
+		m0, a0, w0 := machineCPU(), podCPU(b.podUIDs), c.waypointCPU()
 		t0 := time.Now()
 		v, runErr := fn()
 		el := time.Since(t0).Seconds()
-		m1, a1 := machineCPU(), podCPU(b.podUIDs)
+		m1, a1, w1 := machineCPU(), podCPU(b.podUIDs), c.waypointCPU()
 		after, err := zt.cpu(ctx)
 		if err != nil {
 			return nil, err
 		}
-		res := &result{Mode: b.mode, Round: round, Seconds: el, ZtunnelCPU: map[string]float64{}, ZtunnelSys: map[string]float64{}, ZtunnelSyscalls: map[string]uint64{}, ZtunnelCtxSw: map[string]uint64{}, MachineCPU: m1.busySince(m0), AppCPU: a1 - a0}
-		restarted := false
+		res := &result{Mode: b.mode, Round: round, Seconds: el, ZtunnelCPU: map[string]float64{}, ZtunnelSys: map[string]float64{}, ZtunnelSyscalls: map[string]uint64{}, ZtunnelCtxSw: map[string]uint64{}, MachineCPU: m1.busySince(m0), AppCPU: a1 - a0, WaypointCPU: w1 - w0}
+		restarted := w1 < w0 // the waypoint's cgroup was recreated
+
 		for node, a := range after {
 			s, ok := before[node]
 			if !ok || s.pid != a.pid || s.start != a.start {
@@ -384,8 +396,8 @@ func (c *config) measure(ctx context.Context, zt *ztunnels, b *bench, round int,
 		switch v := v.(type) {
 		case *fortioResult:
 			res.HTTP = v
-			logf("%s round %d: %.0f req/s, p50 %.3f ms, p99 %.3f ms, ztunnel CPU %s s, machine busy %.0f%%",
-				b.mode, round, v.QPS, v.P50*1e3, v.P99*1e3, fmtCPU(res.ZtunnelCPU), res.MachineCPU*100)
+			logf("%s round %d: %.0f req/s, p50 %.3f ms, p99 %.3f ms, ztunnel CPU %s s, waypoint CPU %.2f s, machine busy %.0f%%",
+				b.mode, round, v.QPS, v.P50*1e3, v.P99*1e3, fmtCPU(res.ZtunnelCPU), res.WaypointCPU, res.MachineCPU*100)
 		case *iperfResult:
 			res.TCP = v
 			logf("%s round %d: %.2f Gbit/s, ztunnel CPU %s s, machine busy %.0f%%", b.mode, round, v.BitsPerSecond/1e9, fmtCPU(res.ZtunnelCPU), res.MachineCPU*100)
@@ -566,6 +578,16 @@ func (z *ztunnels) refresh(ctx context.Context) error {
 // argv[0] is .../ztunnel and whose cgroup path names the pod's uid (the
 // kubelet's cgroupfs driver uses pod<uid>).
 func (z *ztunnels) pid(zt ztunnel) (int, error) {
+	pid, err := findPid("ztunnel", zt.uid)
+	if err != nil {
+		return 0, fmt.Errorf("no ztunnel process of pod %s (uid %s) on this machine", zt.pod, zt.uid)
+	}
+	return pid, nil
+}
+
+// findPid finds the process of a pod on this machine whose argv[0] is
+// .../name and whose cgroup path names the pod's uid.
+func findPid(name, uid string) (int, error) {
 	dirs, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0, err
@@ -576,15 +598,15 @@ func (z *ztunnels) pid(zt ztunnel) (int, error) {
 			continue
 		}
 		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil || filepath.Base(string(bytes.SplitN(cmdline, []byte{0}, 2)[0])) != "ztunnel" {
+		if err != nil || filepath.Base(string(bytes.SplitN(cmdline, []byte{0}, 2)[0])) != name {
 			continue
 		}
 		cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-		if err == nil && bytes.Contains(cg, []byte("pod"+zt.uid)) {
+		if err == nil && bytes.Contains(cg, []byte("pod"+uid)) {
 			return pid, nil
 		}
 	}
-	return 0, fmt.Errorf("no ztunnel process of pod %s (uid %s) on this machine", zt.pod, zt.uid)
+	return 0, fmt.Errorf("no %s process of pod uid %s on this machine", name, uid)
 }
 
 // cpu samples each ztunnel's CPU time; the pod list is refreshed when a
@@ -697,31 +719,38 @@ func (z *ztunnels) memory() map[string]memSample {
 		if err != nil {
 			continue
 		}
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			continue
+		if s, err := procMemory(pid); err == nil {
+			m[zt.node] = s
 		}
-		var s memSample
-		for _, line := range strings.Split(string(data), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 {
-				continue
-			}
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			switch f[0] {
-			case "VmRSS:":
-				s.RSS = kb << 10
-			case "VmHWM:":
-				s.HWM = kb << 10
-			case "RssAnon:":
-				s.Anon = kb << 10
-			case "RssFile:":
-				s.File = kb << 10
-			}
-		}
-		m[zt.node] = s
 	}
 	return m
+}
+
+// procMemory reads VmRSS, VmHWM, RssAnon and RssFile of a process.
+func procMemory(pid int) (memSample, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return memSample{}, err
+	}
+	var s memSample
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			s.RSS = kb << 10
+		case "VmHWM:":
+			s.HWM = kb << 10
+		case "RssAnon:":
+			s.Anon = kb << 10
+		case "RssFile:":
+			s.File = kb << 10
+		}
+	}
+	return s, nil
 }
 
 // metrics returns the Prometheus text of every ztunnel.

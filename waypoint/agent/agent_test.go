@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -728,4 +729,45 @@ func BenchmarkWaypointHTTP(b *testing.B) {
 	b.Run("waypoint", func(b *testing.B) {
 		run(b, m.httpClient(80, false), "http://"+echoHost+"/bench")
 	})
+}
+
+// TestNoGoroutineLeftAfterStop: once Run returns, nothing of the waypoint
+// (data path, xDS, certificate, pools) keeps running.
+func TestNoGoroutineLeftAfterStop(t *testing.T) {
+	m := startMesh(t)
+	c := m.httpClient(80, false)
+	for _, p := range []string{"/", "/mirror", "/retry", "/split"} {
+		m.do(t, c, echoHost, p, nil)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if conn, err := m.dial(ctx, 9000); err == nil {
+		_, _ = conn.Write([]byte("x"))
+		_, _ = io.ReadFull(conn, make([]byte, 1))
+		conn.Close()
+	}
+	c.CloseIdleConnections()
+	m.client.Close()
+	m.stop()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		var left []string
+		for _, g := range strings.Split(stacks, "\n\n") {
+			for _, pkg := range []string{"ambit/waypoint/proxy.", "ambit/waypoint/upstream.", "ambit/waypoint/agent.Run", "ambit/pkg/xdsclient.", "ambit/pkg/workloadcert."} {
+				if strings.Contains(g, pkg) {
+					left = append(left, g)
+					break
+				}
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines left after stop:\n%s", len(left), strings.Join(left, "\n\n"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -4,12 +4,17 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
 
 	"github.com/ambit-mesh/ambit/pkg/metrics"
 )
@@ -71,5 +76,49 @@ func TestNoExporterStillPropagates(t *testing.T) {
 	tel.Inject(ctx, up)
 	if up.Get("Traceparent") == "" {
 		t.Error("no traceparent without an exporter: a trace must start here")
+	}
+}
+
+// collector is an OTLP/gRPC trace collector that records what it gets.
+type collector struct {
+	coltracepb.UnimplementedTraceServiceServer
+	mu    sync.Mutex
+	spans []*tracepb.Span
+}
+
+func (c *collector) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rs := range req.GetResourceSpans() {
+		for _, ss := range rs.GetScopeSpans() {
+			c.spans = append(c.spans, ss.GetSpans()...)
+		}
+	}
+	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+func TestOTLPExport(t *testing.T) {
+	col := &collector{}
+	g := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(g, col)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(ln) }()
+	defer g.Stop()
+	tel, err := New(context.Background(), Options{OTLPEndpoint: ln.Addr().String(), ServiceName: "waypoint.ns", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tel.StartRequest(context.Background(), httptest.NewRequest(http.MethodGet, "http://a.ns.svc/exported", nil))
+	span.End()
+	if err := tel.Shutdown(context.Background()); err != nil { // flushes
+		t.Fatal(err)
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	if len(col.spans) != 1 || col.spans[0].GetName() != "a.ns.svc/exported" {
+		t.Fatalf("collector got %v", col.spans)
 	}
 }

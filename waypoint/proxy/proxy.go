@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -57,10 +56,24 @@ type Proxy struct {
 	http *http.Server
 	ln   *connListener
 
+	// mu guards closing and wg.Add, so no stream starts once Shutdown
+	// waits; tcpConns are the TCP-chain connections to close when the
+	// drain time is up.
+	mu       sync.Mutex
+	closing  bool
 	wg       sync.WaitGroup
-	tcpMu    sync.Mutex
 	tcpConns map[net.Conn]struct{}
-	closing  atomic.Bool
+}
+
+// enter counts a stream in; false once shutting down.
+func (p *Proxy) enter() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false
+	}
+	p.wg.Add(1)
+	return true
 }
 
 // New returns a Proxy; Serve must run for HTTP chains to be served.
@@ -114,18 +127,20 @@ func (p *Proxy) Serve() error {
 // requests (GOAWAY for HTTP/2, Connection: close for HTTP/1) and waits for
 // TCP connections until ctx ends, then closes what is left.
 func (p *Proxy) Shutdown(ctx context.Context) error {
-	p.closing.Store(true)
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
 	err := p.http.Shutdown(ctx)
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
-		p.tcpMu.Lock()
+		p.mu.Lock()
 		for c := range p.tcpConns {
 			_ = c.Close()
 		}
-		p.tcpMu.Unlock()
+		p.mu.Unlock()
 		_ = p.http.Close()
 		<-done
 	}
@@ -163,9 +178,10 @@ func (c *downstreamConn) Close() error {
 
 // ServeHBONE implements hbone.Handler.
 func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
-	if p.closing.Load() {
+	if !p.enter() {
 		return hbone.Errorf(http.StatusServiceUnavailable, "waypoint is shutting down")
 	}
+	defer p.wg.Done()
 	info := &connInfo{peer: req.Peer, clientIP: forwardedFor(req.Header), target: req.Target}
 	if !req.Peer.IsZero() {
 		info.filterState = map[string]string{router.PeerPrincipalKey: req.Peer.String()}
@@ -206,8 +222,6 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
 		}
 		conn = c
 	}
-	p.wg.Add(1)
-	defer p.wg.Done()
 	dc := &downstreamConn{Conn: conn, info: info, closed: make(chan struct{})}
 	if !p.ln.push(dc) {
 		_ = conn.Close()
@@ -401,8 +415,6 @@ func (p *Proxy) serveTCP(ctx context.Context, req *hbone.Request, conn hbone.Con
 		}
 	}
 	defer conn.Close()
-	p.wg.Add(1)
-	defer p.wg.Done()
 	p.track(conn, true)
 	defer p.track(conn, false)
 	down, upc := net.Conn(conn), up
@@ -416,8 +428,8 @@ func (p *Proxy) serveTCP(ctx context.Context, req *hbone.Request, conn hbone.Con
 }
 
 func (p *Proxy) track(c net.Conn, add bool) {
-	p.tcpMu.Lock()
-	defer p.tcpMu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if add {
 		p.tcpConns[c] = struct{}{}
 	} else {

@@ -277,6 +277,9 @@ func TestHTTPRBAC(t *testing.T) {
 	if r := waitCode("/admin/x", 403); r.body != "RBAC: access denied" {
 		t.Errorf("deny body %q", r.body)
 	}
+	// Neither escapes nor dot segments get past the deny.
+	waitCode("/%61dmin/x", 403)
+	waitCode("/ok/../admin", 403)
 	waitCode("/ok", 200)
 
 	// ALLOW for another principal only: the client is denied.

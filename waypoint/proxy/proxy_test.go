@@ -55,6 +55,13 @@ func TestNormalizePath(t *testing.T) {
 		"/a/...b/c":            "/a/...b/c",
 		"/a?q=/../x":           "/a?q=/../x",
 		"*":                    "*",
+		"/%61dmin":             "/admin",
+		"/%7E%5f%2D":           "/~_-",
+		"/a%2Fb%2fc":           "/a%2Fb%2fc",
+		"/x/%2e%2E/%61":        "/a",
+		"/%zz/%4":              "/%zz/%4",
+		"/%25%32%65%25%32%65":  "/%252e%252e", // %25 is not unreserved
+		"/00%6%610":            "/00j0",
 	} {
 		if got := normalizePath(in); got != want {
 			t.Errorf("normalizePath(%q) = %q, want %q", in, got, want)

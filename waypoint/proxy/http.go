@@ -73,8 +73,10 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if hc.StripMatchingHostPort {
 		r.Host = router.StripMatchingHostPort(r.Host, uint32(info.target.Port()))
 	}
+	// :path as received; an absolute-form target (http://host/p) counts
+	// as its path and query, as in Envoy.
 	path := r.RequestURI
-	if path == "" {
+	if path == "" || (path[0] != '/' && path != "*") {
 		path = r.URL.RequestURI()
 	}
 	if hc.NormalizePath {

@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 COMPONENTS := ztunnel waypoint istiod-lite
 # Nested Go modules (own go.mod) tested beside the main one.
-SUBMODULES := pkg/hbone/interop devcluster conformance
+SUBMODULES := pkg/hbone/interop devcluster conformance devcluster/cmd/l7bench
 STATICCHECK := $(BIN)/staticcheck
 
 .PHONY: tidy all build test lint fmt-check vet unit-test bench fuzz demo clean help generate generate-check protoc

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -69,30 +70,34 @@ func closeWhenIdle(idle time.Duration, a, b *net.Conn) (stop func()) {
 
 // watchIdle cancels the returned context once last (unix nanoseconds,
 // updated by the request's body reads and response writes) is older than
-// idle: the stream idle timeout. fired says whether it did.
+// idle: the stream idle timeout. fired says whether it did. A timer, not a
+// goroutine, per request: it re-arms itself for the remaining quiet time.
 func watchIdle(ctx context.Context, idle time.Duration, last *atomic.Int64) (context.Context, *atomic.Bool, func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	fired := &atomic.Bool{}
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTimer(idle)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				quiet := time.Since(time.Unix(0, last.Load()))
-				if quiet >= idle {
-					fired.Store(true)
-					cancel()
-					return
-				}
-				t.Reset(idle - quiet)
-			}
+	var mu sync.Mutex // orders the timer's creation before its first check
+	var t *time.Timer
+	check := func() {
+		if ctx.Err() != nil {
+			return
 		}
-	}()
-	return ctx, fired, func() { close(done); cancel() }
+		quiet := time.Since(time.Unix(0, last.Load()))
+		if quiet >= idle {
+			fired.Store(true)
+			cancel()
+			return
+		}
+		mu.Lock()
+		t.Reset(idle - quiet)
+		mu.Unlock()
+	}
+	mu.Lock()
+	t = time.AfterFunc(idle, check)
+	mu.Unlock()
+	return ctx, fired, func() {
+		cancel() // first: a check running now sees it and does not re-arm
+		mu.Lock()
+		t.Stop()
+		mu.Unlock()
+	}
 }

@@ -217,6 +217,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("waypoint: %w", err)
 	}
+	// On an early return (stopped before ready, a listener failing) the HTTP
+	// server must end too, or wg.Wait would never return.
+	defer func() {
+		done, stop := context.WithCancel(context.Background())
+		stop()
+		_ = px.Shutdown(done)
+	}()
 	wg.Go(func() {
 		if err := px.Serve(); err != nil {
 			log.Error("HTTP server stopped", "error", err)

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -28,6 +30,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/ambit-mesh/ambit/pkg/ca"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -772,5 +776,44 @@ func TestNoGoroutineLeftAfterStop(t *testing.T) {
 			t.Fatalf("%d goroutines left after stop:\n%s", len(left), strings.Join(left, "\n\n"))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestStopBeforeReady: a waypoint whose control plane never answers stops
+// promptly when told to, without ever turning ready.
+func TestStopBeforeReady(t *testing.T) {
+	dir := t.TempDir()
+	authority, err := ca.NewSelfSigned(ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dir, "root.pem")
+	if err := os.WriteFile(root, authority.RootsPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(closedPort(t).String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var ready atomic.Bool
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Namespace: "ns", Name: "waypoint", Conn: conn, RootCertFile: root,
+			HBONEAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Log: quietLog(), Ready: ready.Store})
+	}()
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	if ready.Load() {
+		t.Error("ready without a control plane")
 	}
 }

@@ -103,7 +103,7 @@ func New(opts Options) (*Proxy, error) {
 		ReadHeaderTimeout: 30 * time.Second,
 		// Envoy's default max_request_headers_kb (60 KiB), not net/http's 1 MiB.
 		MaxHeaderBytes: 60 << 10,
-		IdleTimeout:       opts.IdleTimeout,
+		IdleTimeout:    opts.IdleTimeout,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if dc, ok := c.(*downstreamConn); ok {
 				return context.WithValue(ctx, connInfoKey{}, dc.info)

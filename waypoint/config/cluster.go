@@ -30,8 +30,8 @@ func compileCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		return out, nil
 	}
 	path := fmt.Sprintf("cluster %q", c.GetName())
-	// Accepted without effect: metadata, circuit_breakers (no limits are
-	// enforced), the HTTP protocol options (the upstream protocol follows
+	// Accepted without effect: metadata, circuit_breakers other than
+	// max_retries (no connection or request limits), the HTTP protocol options (the upstream protocol follows
 	// the downstream one, as use_downstream_protocol_config says) and the
 	// transport socket matches (an endpoint's address decides HBONE).
 	if err := checkFields(c, path, "name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
@@ -67,6 +67,12 @@ func compileCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	}
 	if d := c.GetConnectTimeout(); d != nil {
 		out.ConnectTimeout = d.AsDuration()
+	}
+	out.MaxRetries = 3
+	for _, th := range c.GetCircuitBreakers().GetThresholds() {
+		if th.GetPriority() == corev3.RoutingPriority_DEFAULT && th.GetMaxRetries() != nil {
+			out.MaxRetries = th.GetMaxRetries().GetValue()
+		}
 	}
 	if cl := c.GetCommonLbConfig(); cl != nil {
 		if err := checkFields(cl, path+".common_lb_config", "healthy_panic_threshold"); err != nil {

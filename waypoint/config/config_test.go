@@ -193,6 +193,9 @@ func TestClustersAndEndpoints(t *testing.T) {
 	if got.ServiceName != "svc-a" || got.LeastRequest || got.ConnectTimeout != 2*time.Second || got.Service != "a.ns.svc.cluster.local" {
 		t.Errorf("cluster: %+v", got)
 	}
+	if got.MaxRetries != 3 {
+		t.Errorf("max_retries default %d, want Envoy's 3", got.MaxRetries)
+	}
 	if o := got.Outlier; o == nil || o.Consecutive5xx != 3 || o.EnforcingConsecutive5xx != 100 || o.BaseEjectionTime != 30*time.Second || o.MaxEjectionPercent != 10 || o.EnforcingConsecutiveGatewayFailure != 0 {
 		t.Errorf("outlier defaults: %+v", got.Outlier)
 	}

@@ -132,6 +132,9 @@ type Cluster struct {
 	// HealthyPanicThreshold is the percentage of healthy hosts below which
 	// the balancer ignores health (Envoy's default 50).
 	HealthyPanicThreshold float64
+	// MaxRetries bounds the retries in flight at once over the cluster
+	// (circuit_breakers default priority max_retries; Envoy's default 3).
+	MaxRetries uint32
 	// Service is the host part of an Istio cluster name
 	// (outbound|<port>||<host>), for metrics; "" otherwise.
 	Service string

@@ -143,6 +143,14 @@ func (p *Proxy) forward(w *responseWriter, r *http.Request, d *router.Decision, 
 		if uint32(attempt) > retries || !retriable(d.Retry, res, http2) || (hasBody && (body == nil || !body.replayable())) {
 			break
 		}
+		endRetry, ok := cl.BeginRetry()
+		if !ok {
+			// Retry overflow (Envoy's upstream_rq_retry_overflow): the
+			// answer stands.
+			p.log.Debug("retry budget of the cluster exhausted", "cluster", cl.Name())
+			break
+		}
+		defer endRetry()
 		res.release()
 		if !sleepBackoff(ctx, d.Retry, attempt) {
 			break

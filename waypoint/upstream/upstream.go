@@ -117,10 +117,11 @@ func (m *Manager) Close() {
 
 // Cluster is one upstream cluster.
 type Cluster struct {
-	m    *Manager
-	name string
-	st   atomic.Pointer[clusterState]
-	rr   atomic.Uint64
+	m       *Manager
+	name    string
+	st      atomic.Pointer[clusterState]
+	rr      atomic.Uint64
+	retries atomic.Int64 // retries in flight
 
 	ejMu sync.Mutex // serialises ejection decisions (max_ejection_percent)
 }
@@ -176,6 +177,19 @@ func (c *Cluster) set(cfg *config.Cluster, eps []config.Endpoint) {
 
 // Name is the cluster's name.
 func (c *Cluster) Name() string { return c.name }
+
+// BeginRetry reserves one of the cluster's concurrent retries
+// (circuit_breakers max_retries); false when they are all in use, and the
+// request then ends with the response or error it has. Call the returned
+// function when the retry is done.
+func (c *Cluster) BeginRetry() (end func(), ok bool) {
+	limit := int64(c.Config().MaxRetries)
+	if c.retries.Add(1) > limit {
+		c.retries.Add(-1)
+		return nil, false
+	}
+	return func() { c.retries.Add(-1) }, true
+}
 
 // Config is the cluster's current configuration.
 func (c *Cluster) Config() *config.Cluster { return c.st.Load().cfg }

@@ -180,3 +180,21 @@ func TestHostStateSurvivesUpdate(t *testing.T) {
 		t.Errorf("pick on a removed cluster: %v", err)
 	}
 }
+
+func TestRetryBudget(t *testing.T) {
+	m, _ := manager(t, &config.Cluster{MaxRetries: 2}, endpoints(1))
+	c := m.Cluster("c")
+	end1, ok1 := c.BeginRetry()
+	end2, ok2 := c.BeginRetry()
+	_, ok3 := c.BeginRetry()
+	if !ok1 || !ok2 || ok3 {
+		t.Fatalf("budget 2: got %v %v %v", ok1, ok2, ok3)
+	}
+	end1()
+	if end, ok := c.BeginRetry(); !ok {
+		t.Error("a finished retry did not free its slot")
+	} else {
+		end()
+	}
+	end2()
+}

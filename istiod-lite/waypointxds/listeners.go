@@ -15,6 +15,7 @@ import (
 	rbacnetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -117,6 +118,11 @@ func (b *builder) httpChain(c servedChain, key types.NamespacedName, m *listener
 		MergeSlashes:     false,
 		UseRemoteAddress: wrapperspb.Bool(false),
 		HttpFilters:      filters,
+		// As Istio: websockets pass, and long-lived (gRPC) streams are not
+		// reset by Envoy's 5 minute stream idle default; routes' own
+		// idle_timeout still applies.
+		UpgradeConfigs:    []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+		StreamIdleTimeout: durationpb.New(0),
 	}
 	return &listenerv3.FilterChain{
 		Name:             name,

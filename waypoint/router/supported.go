@@ -39,7 +39,7 @@ var supportedFields = map[protoreflect.FullName][]protoreflect.Name{
 		"prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive",
 		"runtime_fraction", "headers", "query_parameters", "grpc", "filter_state",
 	},
-	"envoy.type.matcher.v3.FilterStateMatcher": {"key", "string_match"},
+	"envoy.type.matcher.v3.FilterStateMatcher":               {"key", "string_match"},
 	"envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions": {},
 	"envoy.config.core.v3.RuntimeFractionalPercent":          {"default_value", "runtime_key"},
 	"envoy.type.v3.FractionalPercent":                        {"numerator", "denominator"},

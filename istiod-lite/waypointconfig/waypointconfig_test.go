@@ -108,13 +108,12 @@ func TestWaypointConfigurationAndRouteStatus(t *testing.T) {
 
 	// A captured backend behind Service echo (port 80 -> 8080).
 	pod := env.RunningPod(t, kubetest.PodOptions{Namespace: ns, Name: "echo-1", Node: "node-a", ServiceAccount: "echo", Labels: map[string]string{"app": "echo"}})
-	svc, err := env.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+	if _, err := env.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "echo"}, Ports: []corev1.ServicePort{
 			{Name: "http", Port: 80, TargetPort: intstr.FromString("http")},
 		}},
-	}, metav1.CreateOptions{})
-	if err != nil {
+	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := env.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
@@ -284,7 +283,7 @@ func TestWaypointConfigurationAndRouteStatus(t *testing.T) {
 	}
 
 	// The Service opts out: the waypoint no longer serves it.
-	svc, err = env.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+	svc, err := env.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,9 @@
 //   - direct: wrk → backend (the baseline of each round);
 //   - nginx: wrk → nginx (reverse proxy, 2 workers) → backend;
 //   - caddy: wrk → Caddy (reverse_proxy) → backend;
+//   - go-router: wrk → the waypoint's route engine (waypoint/router) with
+//     Go's httputil.ReverseProxy on a plain listener (gorouter.go) → backend:
+//     Go's HTTP stack without HBONE and the waypoint's proxy package;
 //   - waypoint-http: wrk → adapter → HBONE (mTLS, HTTP/2 CONNECT) →
 //     waypoint (HTTP chain: route table, least-request pick, pooled
 //     upstream HTTP/1.1) → backend. The waypoint only accepts HBONE (its
@@ -87,7 +90,7 @@ func main() {
 	flag.IntVar(&c.threads, "t", 1, "wrk threads")
 	flag.IntVar(&c.body, "body", 1024, "response body bytes of the backends")
 	flag.IntVar(&c.nginxWorkers, "nginx-workers", 2, "nginx proxy worker processes (GOMAXPROCS of the Go proxies is the machine's CPU count)")
-	flag.StringVar(&c.only, "only", "", "comma-separated targets to run (default all: direct,nginx,caddy,waypoint-http,waypoint-tcp)")
+	flag.StringVar(&c.only, "only", "", "comma-separated targets to run (default all: direct,nginx,caddy,go-router,waypoint-http,waypoint-tcp)")
 	flag.StringVar(&c.profile, "profile", "", "after the rounds, take a CPU profile of the waypoint process during one more waypoint-http run and write it here")
 	flag.StringVar(&c.raw, "raw", "", "also write every run's figures (JSON) to this file")
 	flag.BoolVar(&c.keepDir, "keep", false, "keep the run's directory (configurations, logs)")
@@ -101,6 +104,8 @@ func main() {
 		err = runWaypointRole(ctx, o)
 	case "adapter":
 		err = runAdapterRole(ctx, o)
+	case "gorouter":
+		err = runGoRouterRole(ctx, o)
 	case "":
 		err = run(ctx, c)
 	default:
@@ -162,13 +167,13 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
-	var ports [9]int
+	var ports [10]int
 	for i := range ports {
 		if ports[i], err = freePort(); err != nil {
 			return err
 		}
 	}
-	portA, portB, pNginx, pCaddy, pWaypoint, pAdapterHTTP, pAdapterTCP, pPprof := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7]
+	portA, portB, pNginx, pCaddy, pWaypoint, pAdapterHTTP, pAdapterTCP, pPprof, pGoRouter := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7], ports[8]
 	if err := writeCA(dir); err != nil {
 		return err
 	}
@@ -277,11 +282,17 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
+	goRouter, err := start("gorouter", true, self, "-role", "gorouter", "-listen", fmt.Sprintf("127.0.0.1:%d", pGoRouter),
+		"-port-a", strconv.Itoa(portA), "-port-b", strconv.Itoa(portB))
+	if err != nil {
+		return err
+	}
 	u := func(port int) string { return fmt.Sprintf("http://127.0.0.1:%d%s", port, benchPath) }
 	all := []*target{
 		{name: "direct", url: u(portB), procs: []*proc{backend}},
 		{name: "nginx", url: u(pNginx), procs: []*proc{nginxProxy}, route: "svc-13"},
 		{name: "caddy", url: u(pCaddy), procs: []*proc{caddy}, route: "svc-13"},
+		{name: "go-router", url: u(pGoRouter), procs: []*proc{goRouter}, route: "svc-13"},
 		{name: "waypoint-http", url: u(pAdapterHTTP), procs: []*proc{wp}, extra: []*proc{adapter}, route: "svc-13"},
 		{name: "waypoint-tcp", url: u(pAdapterTCP), procs: []*proc{wp}, extra: []*proc{adapter}},
 	}
@@ -299,7 +310,7 @@ func run(ctx context.Context, c config) error {
 	logf("all targets answer; %d rounds of %s per target (wrk -t%d -c%d), nginx %d workers", c.rounds, c.duration, c.threads, c.conns, c.nginxWorkers)
 
 	rep := &report{Config: c, Start: time.Now(), Machine: machineInfo(), Backend: backend}
-	rep.Idle = memOf(map[string]*proc{"waypoint": wp, "adapter": adapter, "caddy": caddy, "nginx": nginxProxy})
+	rep.Idle = memOf(map[string]*proc{"go-router": goRouter, "waypoint": wp, "adapter": adapter, "caddy": caddy, "nginx": nginxProxy})
 	for r := 1; r <= c.rounds; r++ {
 		for i := range targets {
 			t := targets[(i+r-1)%len(targets)]
@@ -310,10 +321,10 @@ func run(ctx context.Context, c config) error {
 			rep.Runs = append(rep.Runs, res)
 		}
 	}
-	rep.After = memOf(map[string]*proc{"waypoint": wp, "adapter": adapter, "caddy": caddy, "nginx": nginxProxy})
+	rep.After = memOf(map[string]*proc{"go-router": goRouter, "waypoint": wp, "adapter": adapter, "caddy": caddy, "nginx": nginxProxy})
 	rep.End = time.Now()
 	if c.profile != "" {
-		if err := c.takeProfile(ctx, all[3], backend, pPprof); err != nil {
+		if err := c.takeProfile(ctx, all[4], backend, pPprof); err != nil {
 			return err
 		}
 	}

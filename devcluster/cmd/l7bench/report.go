@@ -227,7 +227,7 @@ func (r *report) print(w io.Writer, targets []*target) {
 	}
 	fmt.Fprintln(w, "\n| process | RSS before, MiB | RSS after, MiB | anonymous after, MiB | peak RSS (VmHWM), MiB |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- |")
-	for _, name := range []string{"nginx", "caddy", "waypoint", "adapter"} {
+	for _, name := range []string{"nginx", "caddy", "go-router", "waypoint", "adapter"} {
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", name, mib(r.Idle[name].RSS), mib(r.After[name].RSS), mib(r.After[name].Anon), mib(r.After[name].HWM))
 	}
 	fmt.Fprintln(w, "\n(nginx: master and workers summed; the waypoint process also holds its in-process control plane, idle after start.)")

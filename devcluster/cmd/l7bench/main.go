@@ -66,6 +66,13 @@ type config struct {
 	only              string
 	profile, raw      string
 	keepDir           bool
+	// The fixed-rate phase (fortio): latency and CPU per request at a
+	// mesh-like rate instead of saturation.
+	fortio       string
+	rate         int
+	rateRounds   int
+	rateDuration time.Duration
+	payload      int
 }
 
 func main() {
@@ -93,6 +100,11 @@ func main() {
 	flag.StringVar(&c.only, "only", "", "comma-separated targets to run (default all: direct,nginx,caddy,go-router,waypoint-http,waypoint-tcp)")
 	flag.StringVar(&c.profile, "profile", "", "after the rounds, take a CPU profile of the waypoint process during one more waypoint-http run and write it here")
 	flag.StringVar(&c.raw, "raw", "", "also write every run's figures (JSON) to this file")
+	flag.StringVar(&c.fortio, "fortio", "", "fortio binary: after the saturation rounds, a fixed-rate phase (fortio load -qps RATE -c 8 -uniform, POST bodies) per target; empty skips it")
+	flag.IntVar(&c.rate, "rate", 1000, "fixed-rate phase: requests per second")
+	flag.IntVar(&c.rateRounds, "rate-rounds", 3, "fixed-rate phase: rounds")
+	flag.DurationVar(&c.rateDuration, "rate-d", 10*time.Second, "fixed-rate phase: duration of each run")
+	flag.IntVar(&c.payload, "payload-size", 1024, "fixed-rate phase: request body bytes")
 	flag.BoolVar(&c.keepDir, "keep", false, "keep the run's directory (configurations, logs)")
 	flag.Parse()
 
@@ -321,6 +333,18 @@ func run(ctx context.Context, c config) error {
 			rep.Runs = append(rep.Runs, res)
 		}
 	}
+	if c.fortio != "" {
+		for r := 1; r <= c.rateRounds; r++ {
+			for i := range targets {
+				t := targets[(i+r-1)%len(targets)]
+				res, err := c.measureRate(ctx, t, backend, r)
+				if err != nil {
+					return err
+				}
+				rep.Rate = append(rep.Rate, res)
+			}
+		}
+	}
 	rep.After = memOf(map[string]*proc{"go-router": goRouter, "waypoint": wp, "adapter": adapter, "caddy": caddy, "nginx": nginxProxy})
 	rep.End = time.Now()
 	if c.profile != "" {
@@ -408,6 +432,75 @@ func (c *config) measure(ctx context.Context, t *target, backend *proc, round in
 	logf("round %d %-13s %8.0f req/s  p50 %.2f ms  p99 %.2f ms  proxy CPU %.1f µs/req  adapter %.1f µs/req  machine busy %.0f%%",
 		round, t.name, r.RPS, r.P50, r.P99, r.ProxyCPU/float64(r.Requests)*1e6, r.ExtraCPU/float64(r.Requests)*1e6, r.MachineBusy*100)
 	return r, nil
+}
+
+// measureRate runs fortio at a fixed rate against t.
+func (c *config) measureRate(ctx context.Context, t *target, backend *proc, round int) (*result, error) {
+	if _, err := c.runFortio(ctx, t.url, 2*time.Second); err != nil {
+		return nil, fmt.Errorf("%s warm-up: %w", t.name, err)
+	}
+	p0, e0, b0, m0 := cpuOf(t.procs), cpuOf(t.extra), cpuOf([]*proc{backend}), machineCPU()
+	t0 := time.Now()
+	w, err := c.runFortio(ctx, t.url, c.rateDuration)
+	el := time.Since(t0).Seconds()
+	p1, e1, b1, m1 := cpuOf(t.procs), cpuOf(t.extra), cpuOf([]*proc{backend}), machineCPU()
+	if err != nil {
+		return nil, fmt.Errorf("%s fixed-rate round %d: %w", t.name, round, err)
+	}
+	r := &result{Target: t.name, Round: round, Seconds: el, RPS: w.rps, Requests: w.requests, P50: w.p50, P90: w.p90, P99: w.p99,
+		ProxyCPU: p1 - p0, ExtraCPU: e1 - e0, BackendCPU: b1 - b0, MachineBusy: m1.busySince(m0)}
+	if t.name == "direct" {
+		r.ProxyCPU = 0
+	}
+	logf("fixed rate, round %d %-13s %6.0f req/s  p50 %.3f ms  p99 %.3f ms  proxy CPU %.1f µs/req  adapter %.1f µs/req  machine busy %.0f%%",
+		round, t.name, r.RPS, r.P50, r.P99, r.ProxyCPU/float64(r.Requests)*1e6, r.ExtraCPU/float64(r.Requests)*1e6, r.MachineBusy*100)
+	return r, nil
+}
+
+// runFortio runs fortio load at c.rate with 8 connections and POST bodies
+// of c.payload bytes (the bench-mesh settings).
+func (c *config) runFortio(ctx context.Context, url string, d time.Duration) (*wrkResult, error) {
+	cmd := exec.CommandContext(ctx, c.fortio, "load", "-quiet", "-json", "-", "-qps", strconv.Itoa(c.rate), "-c", "8",
+		"-t", d.String(), "-payload-size", strconv.Itoa(c.payload), "-uniform", "-p", "50,90,99", url)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("fortio: %v: %s", err, lastLines(errb.String(), 3))
+	}
+	return parseFortio(out.Bytes())
+}
+
+// parseFortio reads fortio load's JSON; any non-200 answer is an error.
+func parseFortio(out []byte) (*wrkResult, error) {
+	if i := bytes.IndexByte(out, '{'); i > 0 {
+		out = out[i:]
+	}
+	var raw struct {
+		ActualQPS         float64
+		RetCodes          map[string]int64
+		DurationHistogram struct {
+			Count       int64
+			Percentiles []struct{ Percentile, Value float64 }
+		}
+	}
+	if err := json.Unmarshal(out, &raw); err != nil {
+		return nil, fmt.Errorf("fortio JSON: %v", err)
+	}
+	w := &wrkResult{rps: raw.ActualQPS, requests: raw.DurationHistogram.Count}
+	for _, p := range raw.DurationHistogram.Percentiles {
+		switch p.Percentile {
+		case 50:
+			w.p50 = p.Value * 1e3
+		case 90:
+			w.p90 = p.Value * 1e3
+		case 99:
+			w.p99 = p.Value * 1e3
+		}
+	}
+	if w.requests == 0 || raw.RetCodes["200"] != w.requests {
+		return nil, fmt.Errorf("fortio: %d of %d requests answered 200 (%v)", raw.RetCodes["200"], w.requests, raw.RetCodes)
+	}
+	return w, nil
 }
 
 type wrkResult struct {

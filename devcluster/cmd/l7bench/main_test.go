@@ -101,3 +101,18 @@ func TestProxyConfigs(t *testing.T) {
 		t.Errorf("Caddy has %d routes, want 29", n)
 	}
 }
+
+func TestParseFortio(t *testing.T) {
+	out := `Fortio 1.68.2 running at 1000 queries per second
+{"ActualQPS": 999.5, "DurationHistogram": {"Count": 10000, "Percentiles": [{"Percentile": 50, "Value": 0.0005}, {"Percentile": 90, "Value": 0.001}, {"Percentile": 99, "Value": 0.003}]}, "RetCodes": {"200": 10000}}`
+	w, err := parseFortio([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.rps != 999.5 || w.requests != 10000 || w.p50 != 0.5 || w.p90 != 1 || w.p99 != 3 {
+		t.Errorf("got %+v", w)
+	}
+	if _, err := parseFortio([]byte(strings.Replace(out, `{"200": 10000}`, `{"200": 9990, "503": 10}`, 1))); err == nil {
+		t.Error("non-200 answers not reported")
+	}
+}

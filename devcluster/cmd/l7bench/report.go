@@ -147,6 +147,7 @@ type report struct {
 	Backend     *proc `json:"-"`
 	Idle, After map[string]memSample
 	Runs        []*result
+	Rate        []*result `json:",omitempty"` // the fixed-rate phase
 }
 
 // med is the median and range of some values.
@@ -224,6 +225,40 @@ func (r *report) print(w io.Writer, targets []*target) {
 			name = "direct (CPU: the backend's)"
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", name, medianOf(rps).f(0), medianOf(ratio).f(3), medianOf(p50).f(2), medianOf(p99).f(2), medianOf(cpu).f(1), medianOf(extra).f(1))
+	}
+	if len(r.Rate) > 0 {
+		fmt.Fprintf(w, "\nFixed rate: fortio load -qps %d -c 8 -uniform -payload-size %d (POST, HTTP/1.1 keep-alive), %s per run, %d rounds; medians (min–max). CPU µs per request = CPU ms per 1,000 requests (= vCPU × 1,000 at 1,000 req/s).\n\n",
+			c.rate, c.payload, c.rateDuration, c.rateRounds)
+		fmt.Fprintln(w, "| target | req/s | p50 ms | p50 added over direct (per round), ms | p99 ms | proxy CPU µs per request | + adapter µs per request | machine busy |")
+		fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- |")
+		for _, t := range targets {
+			var rps, p50, added, p99, cpu, extra, busy []float64
+			for _, x := range r.Rate {
+				if x.Target != t.name {
+					continue
+				}
+				n := float64(x.Requests)
+				rps, p50, p99, busy = append(rps, x.RPS), append(p50, x.P50), append(p99, x.P99), append(busy, x.MachineBusy*100)
+				for _, d := range r.Rate {
+					if d.Target == "direct" && d.Round == x.Round {
+						added = append(added, x.P50-d.P50)
+					}
+				}
+				if t.name == "direct" {
+					cpu = append(cpu, x.BackendCPU/n*1e6)
+				} else {
+					cpu = append(cpu, x.ProxyCPU/n*1e6)
+				}
+				if len(t.extra) > 0 {
+					extra = append(extra, x.ExtraCPU/n*1e6)
+				}
+			}
+			name := t.name
+			if name == "direct" {
+				name = "direct (CPU: the backend's)"
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", name, medianOf(rps).f(0), medianOf(p50).f(3), medianOf(added).f(3), medianOf(p99).f(3), medianOf(cpu).f(1), medianOf(extra).f(1), medianOf(busy).f(0))
+		}
 	}
 	fmt.Fprintln(w, "\n| process | RSS before, MiB | RSS after, MiB | anonymous after, MiB | peak RSS (VmHWM), MiB |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- |")

@@ -29,13 +29,17 @@ bench-waypoint:
 	$(CURDIR)/devcluster/scripts/up.sh
 	$(CURDIR)/devcluster/scripts/images.sh base
 	$(CURDIR)/devcluster/scripts/images.sh import fortio
-	@eval "$$($(CURDIR)/devcluster/scripts/env.sh)" && \
-	  if ! $$KUBECTL --kubeconfig "$$KUBECONFIG" -n istio-system get daemonset ztunnel >/dev/null 2>&1; then \
+	@eval "$$($(CURDIR)/devcluster/scripts/env.sh)" && K="$$KUBECTL --kubeconfig $$KUBECONFIG" && \
+	  if ! $$K -n istio-system get daemonset ztunnel >/dev/null 2>&1; then \
 	    echo "bench-waypoint: installing ambit (images.sh ambit/import, kubectl apply -k manifests/devcluster)"; \
 	    $(CURDIR)/devcluster/scripts/images.sh ambit && $(CURDIR)/devcluster/scripts/images.sh import || exit 1; \
-	    $$KUBECTL --kubeconfig "$$KUBECONFIG" apply -k $(CURDIR)/manifests/devcluster || exit 1; \
+	    $$K get crd gateways.gateway.networking.k8s.io >/dev/null 2>&1; crds_new=$$?; \
+	    $$K apply -k $(CURDIR)/manifests/devcluster || exit 1; \
+	    $$K wait --for=condition=Established --timeout=60s crd/gateways.gateway.networking.k8s.io crd/gatewayclasses.gateway.networking.k8s.io || exit 1; \
+	    if [ $$crds_new != 0 ]; then $$K -n istio-system rollout status deployment/istiod-lite --timeout=180s && \
+	      $$K -n istio-system rollout restart deployment/istiod-lite || exit 1; fi; \
 	  fi; \
-	  $$KUBECTL --kubeconfig "$$KUBECONFIG" -n istio-system rollout status deployment/istiod-lite --timeout=180s && \
-	  $$KUBECTL --kubeconfig "$$KUBECONFIG" -n istio-system rollout status daemonset/ztunnel --timeout=180s && \
+	  $$K -n istio-system rollout status deployment/istiod-lite --timeout=180s && \
+	  $$K -n istio-system rollout status daemonset/ztunnel --timeout=180s && \
 	  cd $(CURDIR)/devcluster && \
 	  $(GO) run ./cmd/meshbench -waypoint -kubectl "$$KUBECTL" -kubeconfig "$$KUBECONFIG" $(MESHBENCH_FLAGS)

@@ -2,7 +2,9 @@
 # make demo: ambit on devcluster, start to finish. Brings the cluster up (or
 # reuses it), installs ambit from manifests/, deploys a client and two echo
 # Services, puts their namespace in the mesh, shows the traffic is mutual
-# TLS with both identities, blocks a request with a DENY policy, removes it.
+# TLS with both identities, blocks a request with a DENY policy, removes it;
+# then adds a waypoint (ambit waypoint deploy), splits traffic with an
+# HTTPRoute and denies one path with an L7 policy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -37,9 +39,14 @@ k apply -k manifests/samples/demo >/dev/null
 for d in client echo-a echo-b; do k -n "$NS" rollout status "deployment/$d" --timeout=180s >/dev/null; done
 k -n "$NS" get pods -o wide
 
-request() { # request <service>: prints the answering pod, or why it failed
+request() { # request <service>[/path]: prints the answering pod, or why it failed
 	local out
-	if out=$(k -n "$NS" exec deploy/client -- curl -s -m 5 "http://$1/" 2>/dev/null); then
+	if out=$(k -n "$NS" exec deploy/client -- curl -s -m 5 -w '\n%{http_code}' "http://$1" 2>/dev/null); then
+		local code=${out##*$'\n'}
+		if [[ $code != 200 ]]; then
+			echo "HTTP $code: ${out%$'\n'*}"
+			return
+		fi
 		sed -n 's/.*"pod": *"\([^"]*\)".*/answered by \1/p' <<<"$out" | head -1
 	else
 		echo "FAILED (connection refused or reset)"
@@ -97,10 +104,57 @@ k -n "$NS" delete authorizationpolicy deny-client-to-echo-b >/dev/null
 sleep 2
 note "echo-b: $(request echo-b)"
 
+say "Adding a waypoint for L7: ambit waypoint deploy -n $NS --enroll-namespace --wait"
+(cd "$REPO" && CGO_ENABLED=0 go build -o bin/ambit ./cli)
+"$REPO/bin/ambit" waypoint deploy -n "$NS" --enroll-namespace --wait --timeout 3m | while read -r line; do note "$line"; done
+"$REPO/bin/ambit" waypoint list -n "$NS" | while read -r line; do note "$line"; done
+
+say "An HTTPRoute on echo-a (GAMMA: parentRef is the Service): /v2 goes to echo-b, the rest stays"
+k -n "$NS" apply -f - >/dev/null <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-a}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-a, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: echo-b, port: 80}]
+  - backendRefs: [{name: echo-a, port: 80}]
+YAML
+for _ in $(seq 1 30); do
+	[[ $(request echo-a/v2) == *echo-b* ]] && break
+	sleep 1
+done
+note "echo-a/    : $(request echo-a/)"
+note "echo-a/v2  : $(request echo-a/v2)   (routed by the waypoint)"
+note "route status: $(k -n "$NS" get httproute echo-a -o jsonpath='{range .status.parents[0].conditions[*]}{.type}={.status} {end}')"
+
+say "An L7 AuthorizationPolicy on the waypoint: DENY /admin (targetRefs: the waypoint Gateway)"
+k -n "$NS" apply -f - >/dev/null <<YAML
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: ["/admin", "/admin/*"]}
+YAML
+for _ in $(seq 1 30); do
+	[[ $(request echo-a/admin) == *403* ]] && break
+	sleep 1
+done
+note "echo-a/admin: $(request echo-a/admin)"
+note "echo-a/     : $(request echo-a/)"
+note "policy status: $(k -n "$NS" get authorizationpolicy deny-admin -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}) {end}')"
+
 say "Explore further"
 note "export KUBECONFIG=$KUBECONFIG; alias kubectl=$KUBECTL"
 note "kubectl -n $NS exec deploy/client -- curl -s http://echo-a/         # a request through the mesh"
 note "kubectl -n istio-system logs ds/ztunnel                              # enrollment, certificates, denials"
 note "kubectl get --raw /api/v1/namespaces/istio-system/services/istiod:15014/proxy/debug/ambient   # istiod-lite's view"
 note "kubectl -n $NS get authorizationpolicy,peerauthentication          # try your own policies"
+note "kubectl -n $NS get gateway,httproute                               # the waypoint and its routes"
+note "kubectl -n $NS logs deploy/waypoint                                # the waypoint's access log"
 say "Tear down: make devcluster-down"

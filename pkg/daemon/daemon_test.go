@@ -101,6 +101,8 @@ func TestComponentsStartServeHealthAndStopOnSIGTERM(t *testing.T) {
 				args = append(args, istiodLiteArgs(t)...)
 			case "ztunnel":
 				args = append(args, ztunnelArgs(t)...)
+			case "waypoint":
+				args = append(args, waypointArgs(t)...)
 			}
 			cmd := exec.Command(bin, args...)
 			stderr, err := cmd.StderrPipe()
@@ -125,8 +127,16 @@ func TestComponentsStartServeHealthAndStopOnSIGTERM(t *testing.T) {
 				t.Fatalf("no health address logged:\n%v", log)
 			}
 			go func() { _, _ = io.Copy(io.Discard, stderr) }()
-			for _, path := range []string{"/healthz", "/readyz"} {
-				waitOK(t, "http://"+addr+path)
+			waitOK(t, "http://"+addr+"/healthz")
+			if component == "waypoint" {
+				// Its control plane is not there: alive, but never ready
+				// (it has no configuration and no certificate).
+				time.Sleep(500 * time.Millisecond)
+				if code := status(t, "http://"+addr+"/readyz"); code != http.StatusServiceUnavailable {
+					t.Errorf("waypoint /readyz without a control plane = %d, want 503", code)
+				}
+			} else {
+				waitOK(t, "http://"+addr+"/readyz")
 			}
 			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
@@ -178,6 +188,35 @@ func ztunnelArgs(t *testing.T) []string {
 	return []string{"--kubeconfig", env.Kubeconfig, "--node-name", "node-a", "--control-plane", "127.0.0.1:1",
 		"--root-cert", root, "--token", token, "--cni-socket", filepath.Join(dir, "run", "ztunnel.sock"),
 		"--cni-state-file", filepath.Join(dir, "run", "ambient-namespaces.json"), "--monitoring-addr", "127.0.0.1:0"}
+}
+
+// waypointArgs gives the waypoint a root and a token file and a control
+// plane address that is not there (it keeps retrying).
+func waypointArgs(t *testing.T) []string {
+	dir := t.TempDir()
+	authority, err := ca.NewSelfSigned(ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, token := filepath.Join(dir, "root-cert.pem"), filepath.Join(dir, "token")
+	if err := os.WriteFile(root, authority.RootsPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(token, []byte("not-a-real-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"--namespace", "ns", "--name", "waypoint", "--xds-address", "127.0.0.1:1", "--root-cert", root, "--token", token,
+		"--hbone-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}
+}
+
+func status(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func waitOK(t *testing.T, url string) {

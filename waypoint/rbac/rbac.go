@@ -83,7 +83,7 @@ func Compile(cfg *rbacv3.RBAC) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("rbac: invalid: %w", err)
 	}
-	if err := checkSupported(cfg.ProtoReflect(), "", 0); err != nil {
+	if err := schema.Check(cfg.ProtoReflect()); err != nil {
 		return nil, fmt.Errorf("rbac: %w", err)
 	}
 	e := &Engine{action: cfg.GetAction()}

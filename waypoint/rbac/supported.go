@@ -1,10 +1,9 @@
 package rbac
 
 import (
-	"fmt"
-	"strconv"
-
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/ambit-mesh/ambit/waypoint/internal/protoschema"
 )
 
 // supportedFields lists, per message type, the fields the engine implements.
@@ -42,78 +41,17 @@ var leafTypes = map[protoreflect.FullName]bool{
 	"google.protobuf.UInt32Value": true,
 }
 
-var supportedIndex = func() map[protoreflect.FullName]map[protoreflect.Name]bool {
-	out := make(map[protoreflect.FullName]map[protoreflect.Name]bool, len(supportedFields))
-	for msg, fields := range supportedFields {
-		set := make(map[protoreflect.Name]bool, len(fields))
-		for _, f := range fields {
-			set[f] = true
-		}
-		out[msg] = set
-	}
-	return out
-}()
-
 // maxDepth bounds nesting (and so the recursion of Compile and Evaluate);
 // Istio's policies are four or five levels deep.
 const maxDepth = 32
 
-// checkSupported reports the first set field the engine does not implement,
-// or unknown fields (from a newer schema), with its path.
-func checkSupported(m protoreflect.Message, path string, depth int) error {
-	name := m.Descriptor().FullName()
-	if leafTypes[name] {
-		return nil
-	}
-	if depth > 3*maxDepth {
-		// Each Permission level is up to three message levels (Set, list).
-		return fmt.Errorf("%s: nesting deeper than %d levels", pathOrRoot(path), maxDepth)
-	}
-	allowed, ok := supportedIndex[name]
-	if !ok {
-		return fmt.Errorf("%s: message type %s is not supported", pathOrRoot(path), name)
-	}
-	if unk := m.GetUnknown(); len(unk) > 0 {
-		return fmt.Errorf("%s: unknown field(s) in %s (%d bytes): not supported", pathOrRoot(path), name, len(unk))
-	}
-	var err error
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		fpath := joinPath(path, string(fd.Name()))
-		if !allowed[fd.Name()] {
-			err = fmt.Errorf("%s: field is not supported by the waypoint RBAC engine", fpath)
-			return false
-		}
-		switch {
-		case fd.IsList() && fd.Message() != nil:
-			l := v.List()
-			for i := 0; i < l.Len() && err == nil; i++ {
-				err = checkSupported(l.Get(i).Message(), idx(fpath, i), depth+1)
-			}
-		case fd.IsMap() && fd.MapValue().Message() != nil:
-			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				err = checkSupported(mv.Message(), fpath+"["+strconv.Quote(k.String())+"]", depth+1)
-				return err == nil
-			})
-		case fd.Message() != nil && !fd.IsList() && !fd.IsMap():
-			err = checkSupported(v.Message(), fpath, depth+1)
-		}
-		return err == nil
-	})
-	return err
-}
+// schema is the supported subset. Each Permission level is up to three
+// message levels (Set, list), hence the walk's larger bound.
+var schema = protoschema.New(protoschema.Options{
+	Engine: "RBAC engine", Root: "(rbac)", Fields: supportedFields, Leaves: leafTypes,
+	MaxDepth: 3 * maxDepth, Levels: maxDepth,
+})
 
-func joinPath(parent, child string) string {
-	if parent == "" {
-		return child
-	}
-	return parent + "." + child
-}
+func joinPath(parent, child string) string { return protoschema.JoinPath(parent, child) }
 
-func pathOrRoot(p string) string {
-	if p == "" {
-		return "(rbac)"
-	}
-	return p
-}
-
-func idx(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
+func idx(path string, i int) string { return protoschema.Index(path, i) }

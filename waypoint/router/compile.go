@@ -34,7 +34,7 @@ func compile(rc *routev3.RouteConfiguration) (*Table, error) {
 	if err := rc.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid: %w", err)
 	}
-	if err := checkSupported(rc.ProtoReflect(), "", 0); err != nil {
+	if err := schema.Check(rc.ProtoReflect()); err != nil {
 		return nil, err
 	}
 	t := &Table{

@@ -2,10 +2,10 @@ package router
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/ambit-mesh/ambit/waypoint/internal/protoschema"
 )
 
 // supportedFields lists, per message type, the fields the route engine
@@ -97,78 +97,15 @@ var leafTypes = map[protoreflect.FullName]bool{
 	"envoy.config.core.v3.Metadata": true,
 }
 
-var supportedIndex = func() map[protoreflect.FullName]map[protoreflect.Name]bool {
-	idx := make(map[protoreflect.FullName]map[protoreflect.Name]bool, len(supportedFields))
-	for msg, fields := range supportedFields {
-		set := make(map[protoreflect.Name]bool, len(fields))
-		for _, f := range fields {
-			set[f] = true
-		}
-		idx[msg] = set
-	}
-	return idx
-}()
-
-// maxDepth bounds the recursion of checkSupported; the supported schema is
-// about ten levels deep, so anything deeper is already unsupported.
+// maxDepth bounds the walk; the supported schema is about ten levels deep,
+// so anything deeper is already unsupported.
 const maxDepth = 32
 
-// checkSupported reports the first field set in m that the engine does not
-// implement, or unknown fields (set by a newer schema), with its path.
-func checkSupported(m protoreflect.Message, path string, depth int) error {
-	name := m.Descriptor().FullName()
-	if leafTypes[name] {
-		return nil
-	}
-	if depth > maxDepth {
-		return fmt.Errorf("%s: nesting deeper than %d levels", pathOrRoot(path), maxDepth)
-	}
-	allowed, ok := supportedIndex[name]
-	if !ok {
-		return fmt.Errorf("%s: message type %s is not supported", pathOrRoot(path), name)
-	}
-	if unk := m.GetUnknown(); len(unk) > 0 {
-		return fmt.Errorf("%s: unknown field(s) in %s (%d bytes): not supported", pathOrRoot(path), name, len(unk))
-	}
-	var err error
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		fpath := joinPath(path, string(fd.Name()))
-		if !allowed[fd.Name()] {
-			err = fmt.Errorf("%s: field is not supported by the waypoint route engine", fpath)
-			return false
-		}
-		switch {
-		case fd.IsList() && fd.Message() != nil:
-			l := v.List()
-			for i := 0; i < l.Len() && err == nil; i++ {
-				err = checkSupported(l.Get(i).Message(), fpath+"["+strconv.Itoa(i)+"]", depth+1)
-			}
-		case fd.IsMap() && fd.MapValue().Message() != nil:
-			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				err = checkSupported(mv.Message(), fpath+"["+strconv.Quote(k.String())+"]", depth+1)
-				return err == nil
-			})
-		case fd.Message() != nil && !fd.IsList() && !fd.IsMap():
-			err = checkSupported(v.Message(), fpath, depth+1)
-		}
-		return err == nil
-	})
-	return err
-}
+var schema = protoschema.New(protoschema.Options{
+	Engine: "route engine", Root: "(route configuration)", Fields: supportedFields, Leaves: leafTypes, MaxDepth: maxDepth,
+})
 
-func joinPath(parent, child string) string {
-	if parent == "" {
-		return child
-	}
-	return parent + "." + child
-}
-
-func pathOrRoot(p string) string {
-	if p == "" {
-		return "(route configuration)"
-	}
-	return p
-}
+func joinPath(parent, child string) string { return protoschema.JoinPath(parent, child) }
 
 // fieldError is a configuration error at a field path.
 func fieldError(path string, format string, args ...any) error {
@@ -176,12 +113,4 @@ func fieldError(path string, format string, args ...any) error {
 }
 
 // idx formats a list element path.
-func idx(path string, i int) string {
-	var b strings.Builder
-	b.Grow(len(path) + 6)
-	b.WriteString(path)
-	b.WriteByte('[')
-	b.WriteString(strconv.Itoa(i))
-	b.WriteByte(']')
-	return b.String()
-}
+func idx(path string, i int) string { return protoschema.Index(path, i) }

@@ -248,9 +248,12 @@ func startXDSFor(t *testing.T, conn *grpc.ClientConn, claimedNode string, typeUR
 	return rec
 }
 
+// eventually waits for eventual consistency. The bound is generous: under
+// make test, several packages' kube-apiservers and controller-managers share
+// two CPUs, and creating a Deployment's pods can take tens of seconds.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 90*time.Second, true, func(context.Context) (bool, error) {
 		return cond(), nil
 	}); err != nil {
 		t.Fatalf("timed out waiting for %s", what)

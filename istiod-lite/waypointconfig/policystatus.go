@@ -48,10 +48,7 @@ type policyCondition struct {
 func policyConditions(st waypointxds.State, bound map[types.NamespacedName]*policyBinding, rootNS string) map[types.NamespacedName]policyCondition {
 	out := map[types.NamespacedName]policyCondition{}
 	for _, ap := range st.AuthorizationPolicies() {
-		refs := ap.Spec.GetTargetRefs()
-		if r := ap.Spec.GetTargetRef(); r != nil {
-			refs = append([]*typeapi.PolicyTargetReference{r}, refs...)
-		}
+		refs := waypointxds.TargetRefs(ap)
 		if len(refs) == 0 || ap.Spec.GetSelector() != nil {
 			continue
 		}

@@ -57,7 +57,7 @@ func routeStatuses(st waypointxds.State, domain string) map[routeKey][]gamma.Rou
 			out[k] = append(out[k], s)
 		}
 	}
-	lk := lookup{st}
+	lk := waypointxds.Lookup(st)
 	for p := range parents {
 		svc := st.Service(p[0], p[1])
 		if svc == nil {
@@ -123,16 +123,6 @@ func noPortStatuses(in gamma.Routes, svc *corev1.Service, err error) []gamma.Rou
 		visit(gamma.KindGRPCRoute, r.ObjectMeta, r.Spec.ParentRefs)
 	}
 	return out
-}
-
-// lookup adapts State to gamma.Lookup.
-type lookup struct{ st waypointxds.State }
-
-func (l lookup) ServiceExists(namespace, name string) bool {
-	return l.st.Service(namespace, name) != nil
-}
-func (l lookup) ReferenceGranted(from, toNS, toName string) bool {
-	return l.st.ReferenceGranted(from, toNS, toName)
 }
 
 // RunStatus writes route statuses after every rebuild until ctx ends; run

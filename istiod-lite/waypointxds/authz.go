@@ -43,6 +43,16 @@ func (p *policy) problem(format string, a ...any) {
 	p.problems[fmt.Sprintf(format, a...)] = true
 }
 
+// TargetRefs are the policy's targetRefs, with the deprecated targetRef
+// (still honoured, as Istio does) first.
+func TargetRefs(ap *securityv1.AuthorizationPolicy) []*typeapi.PolicyTargetReference {
+	refs := ap.Spec.GetTargetRefs()
+	if r := ap.Spec.GetTargetRef(); r != nil {
+		refs = append([]*typeapi.PolicyTargetReference{r}, refs...)
+	}
+	return refs
+}
+
 // applicablePolicies selects the AuthorizationPolicies that target the
 // waypoint (its Gateway, the istio-waypoint GatewayClass from the root
 // namespace, or a Service it serves), sorted by namespace and name.
@@ -66,10 +76,7 @@ func (b *builder) applicablePolicies(svcs []*corev1.Service) []*policy {
 		if ap == nil || ap.Spec.GetSelector() != nil {
 			continue // selector (or nothing): ztunnel's
 		}
-		refs := ap.Spec.GetTargetRefs()
-		if r := ap.Spec.GetTargetRef(); r != nil { // deprecated in Istio, still honoured
-			refs = append([]*typeapi.PolicyTargetReference{r}, refs...)
-		}
+		refs := TargetRefs(ap)
 		all := false
 		var svcSet map[types.NamespacedName]bool
 		for _, r := range refs {

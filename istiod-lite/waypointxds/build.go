@@ -250,6 +250,9 @@ func MissingParents(st State) []gamma.RouteStatus {
 	return gamma.MissingParents(gamma.Routes{HTTP: st.HTTPRoutes(), GRPC: st.GRPCRoutes()}, lookup{st})
 }
 
+// Lookup is st as the gamma.Lookup route translation asks.
+func Lookup(st State) gamma.Lookup { return lookup{st} }
+
 // lookup adapts State to gamma.Lookup.
 type lookup struct{ st State }
 

@@ -785,14 +785,16 @@ func (t *translator) routeConfig(port uint32, entries []entry) *routev3.RouteCon
 			producer = append(producer, e.route)
 			continue
 		}
-		consumers[e.consumer] = append(consumers[e.consumer], withConsumer(e.route, e.consumer))
+		r := proto.Clone(e.route).(*routev3.Route)
+		r.Match = consumerMatch(r.Match, e.consumer)
+		consumers[e.consumer] = append(consumers[e.consumer], r)
 	}
 	var routes []*routev3.Route
 	for _, ns := range slices.Sorted(maps.Keys(consumers)) {
 		routes = append(routes, consumers[ns]...)
 		routes = append(routes, &routev3.Route{
 			Name:   ns + ".consumer-no-match",
-			Match:  withConsumer(&routev3.Route{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}}, ns).Match,
+			Match:  consumerMatch(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}, ns),
 			Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 404}},
 		})
 	}
@@ -822,10 +824,10 @@ func (t *translator) routeConfig(port uint32, entries []entry) *routev3.RouteCon
 // (Istio's), which consumer routes select on.
 const PeerPrincipalKey = "io.istio.peer_principal"
 
-// withConsumer returns a copy of r matching only clients of namespace ns.
-func withConsumer(r *routev3.Route, ns string) *routev3.Route {
-	c := proto.Clone(r).(*routev3.Route)
-	c.Match.FilterState = append(c.Match.FilterState, &matcherv3.FilterStateMatcher{
+// consumerMatch narrows m (modified and returned) to clients of namespace
+// ns.
+func consumerMatch(m *routev3.RouteMatch, ns string) *routev3.RouteMatch {
+	m.FilterState = append(m.FilterState, &matcherv3.FilterStateMatcher{
 		Key: PeerPrincipalKey,
 		Matcher: &matcherv3.FilterStateMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
 			MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
@@ -833,5 +835,5 @@ func withConsumer(r *routev3.Route, ns string) *routev3.Route {
 			}},
 		}},
 	})
-	return c
+	return m
 }

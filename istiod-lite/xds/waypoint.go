@@ -46,6 +46,11 @@ func (s *Server) SetWaypoint(ctx context.Context, node string, res Resources) er
 	if !IsWaypointNode(node) {
 		return fmt.Errorf("xds: %q is not a waypoint node", node)
 	}
+	for typeURL := range res {
+		if !isEnvoyType(typeURL) {
+			return fmt.Errorf("xds: waypoint %s: type %q is not served to waypoints", node, typeURL)
+		}
+	}
 	byType := map[resource.Type][]types.Resource{}
 	h := sha256.New()
 	for _, typeURL := range EnvoyTypeURLs {
@@ -66,11 +71,6 @@ func (s *Server) SetWaypoint(ctx context.Context, node string, res Resources) er
 			list = append(list, m.(types.Resource))
 		}
 		byType[typeURL] = list
-	}
-	for typeURL := range res {
-		if !isEnvoyType(typeURL) {
-			return fmt.Errorf("xds: waypoint %s: type %q is not served to waypoints", node, typeURL)
-		}
 	}
 	version := hex.EncodeToString(h.Sum(nil)[:12])
 	if cur, err := s.envoy.GetSnapshot(node); err == nil && cur.GetVersion(resource.ListenerType) == version {

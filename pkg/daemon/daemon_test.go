@@ -174,37 +174,35 @@ func istiodLiteArgs(t *testing.T) []string {
 func ztunnelArgs(t *testing.T) []string {
 	env := kubetest.New(t, kubetest.Options{})
 	dir := t.TempDir()
+	root, token := rootAndToken(t, dir)
+	return []string{"--kubeconfig", env.Kubeconfig, "--node-name", "node-a", "--control-plane", "127.0.0.1:1",
+		"--root-cert", root, "--token", token, "--cni-socket", filepath.Join(dir, "run", "ztunnel.sock"),
+		"--cni-state-file", filepath.Join(dir, "run", "ambient-namespaces.json"), "--monitoring-addr", "127.0.0.1:0"}
+}
+
+// rootAndToken writes a mesh root and a (never checked) token file into
+// dir, for the node agent and the waypoint.
+func rootAndToken(t *testing.T, dir string) (root, token string) {
+	t.Helper()
 	authority, err := ca.NewSelfSigned(ca.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, token := filepath.Join(dir, "root-cert.pem"), filepath.Join(dir, "token")
+	root, token = filepath.Join(dir, "root-cert.pem"), filepath.Join(dir, "token")
 	if err := os.WriteFile(root, authority.RootsPEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(token, []byte("not-a-real-token"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return []string{"--kubeconfig", env.Kubeconfig, "--node-name", "node-a", "--control-plane", "127.0.0.1:1",
-		"--root-cert", root, "--token", token, "--cni-socket", filepath.Join(dir, "run", "ztunnel.sock"),
-		"--cni-state-file", filepath.Join(dir, "run", "ambient-namespaces.json"), "--monitoring-addr", "127.0.0.1:0"}
+	return root, token
 }
 
 // waypointArgs gives the waypoint a root and a token file and a control
 // plane address that is not there (it keeps retrying).
 func waypointArgs(t *testing.T) []string {
 	dir := t.TempDir()
-	authority, err := ca.NewSelfSigned(ca.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, token := filepath.Join(dir, "root-cert.pem"), filepath.Join(dir, "token")
-	if err := os.WriteFile(root, authority.RootsPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(token, []byte("not-a-real-token"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	root, token := rootAndToken(t, dir)
 	return []string{"--namespace", "ns", "--name", "waypoint", "--xds-address", "127.0.0.1:1", "--root-cert", root, "--token", token,
 		"--hbone-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}
 }

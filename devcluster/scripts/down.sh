@@ -41,7 +41,7 @@ stop_pidfiles() { # kubelets first so they do not restart what we stop
 			[[ -f $f ]] || continue
 			pid=$(cat "$f")
 			# only if that pid still runs one of our binaries
-			if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$CACHE_DIR/"; then
+			if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q "$CACHE_DIR/"; then
 				kill -TERM "$pid" 2>/dev/null || true
 			fi
 		done

@@ -15,6 +15,8 @@ done
 [[ $NODES =~ ^[1-9]$ ]] || die "DEVCLUSTER_NODES must be 1..9, got '$NODES'"
 
 KUBECTL=$K8S_BIN/kubectl
+# Fixed in kubelet (pluginapi.KubeletSocket), shared by every node's kubelet.
+DEVICE_PLUGIN_SOCKET=/var/lib/kubelet/device-plugins/kubelet.sock
 kc() { "$KUBECTL" --kubeconfig "$STATE_DIR/pki/admin.kubeconfig" "$@"; }
 
 # Already up? Then this is a no-op.
@@ -264,9 +266,15 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 serializeImagePulls: false
 YAML
+	# The device plugin socket is not under --root-dir: every kubelet empties
+	# /var/lib/kubelet/device-plugins and binds kubelet.sock there, and two
+	# kubelets doing so at once make one fail ("address already in use").
+	# So the kubelets start one at a time: the next waits for this one's socket.
+	rm -f "$DEVICE_PLUGIN_SOCKET"
 	start "kubelet-n$n" "$n" "$K8S_BIN/kubelet" --config="$nd/kubelet.yaml" \
 		--kubeconfig="$PKI/kubelet-n$n.kubeconfig" --root-dir="$nd/kubelet" \
 		--hostname-override="$name" --node-ip="$ip" --v=1
+	wait_for "kubelet on $name to bind $DEVICE_PLUGIN_SOCKET" 60 test -S "$DEVICE_PLUGIN_SOCKET"
 
 	cat >"$nd/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1

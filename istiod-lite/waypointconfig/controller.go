@@ -185,6 +185,8 @@ func (c *Controller) rebuild(ctx context.Context) {
 	}
 	want := map[string]bool{}
 	bound := map[types.NamespacedName]*policyBinding{}
+	served := map[types.NamespacedName]bool{}
+	var built []gamma.RouteStatus
 	for _, gw := range gws {
 		if string(gw.Spec.GatewayClassName) != waypointClass || gw.DeletionTimestamp != nil {
 			continue
@@ -200,6 +202,10 @@ func (c *Controller) rebuild(ctx context.Context) {
 			c.log.Error("waypoint configuration not set", "namespace", gw.Namespace, "name", gw.Name, "error", err)
 		}
 		want[node] = true
+		for _, svc := range rep.Services {
+			served[svc] = true
+		}
+		built = append(built, rep.RouteStatuses...)
 		for _, p := range rep.Policies {
 			k := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
 			b := bound[k]
@@ -224,7 +230,7 @@ func (c *Controller) rebuild(ctx context.Context) {
 	c.nodes = want
 	c.mu.Unlock()
 
-	statuses := routeStatuses(c.state, c.opts.Build.Domain)
+	statuses := routeStatuses(c.state, c.opts.Build.Domain, served, built)
 	rootNS := c.opts.Build.RootNamespace
 	if rootNS == "" {
 		rootNS = "istio-system"

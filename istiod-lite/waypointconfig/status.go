@@ -8,10 +8,10 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/istiod-lite/gamma"
@@ -25,13 +25,14 @@ const ControllerName gatewayv1.GatewayController = "istio.io/mesh-controller"
 
 type routeKey struct{ Kind, Namespace, Name string }
 
-// routeStatuses computes the status of every GAMMA parentRef of every
-// route: translated against its Service whether or not a waypoint serves
-// it (the route's validity does not depend on it), and NoMatchingParent
-// for Services that do not exist.
-func routeStatuses(st waypointxds.State, domain string) map[routeKey][]gamma.RouteStatus {
+// routeStatuses gathers the status of every GAMMA parentRef of every
+// route: built holds the statuses Build reported for the Services in
+// served; every other parent Service is translated here (a route's
+// validity does not depend on a waypoint serving its parent), and parents
+// that do not exist get NoMatchingParent.
+func routeStatuses(st waypointxds.State, domain string, served map[types.NamespacedName]bool, built []gamma.RouteStatus) map[routeKey][]gamma.RouteStatus {
 	in := gamma.Routes{HTTP: st.HTTPRoutes(), GRPC: st.GRPCRoutes()}
-	parents := map[[2]string]bool{}
+	parents := map[types.NamespacedName]bool{}
 	collect := func(ns string, refs []gatewayv1.ParentReference) {
 		for _, pr := range refs {
 			if pr.Group == nil || *pr.Group != "" || pr.Kind == nil || *pr.Kind != "Service" {
@@ -41,7 +42,7 @@ func routeStatuses(st waypointxds.State, domain string) map[routeKey][]gamma.Rou
 			if pr.Namespace != nil {
 				pns = string(*pr.Namespace)
 			}
-			parents[[2]string{pns, string(pr.Name)}] = true
+			parents[types.NamespacedName{Namespace: pns, Name: string(pr.Name)}] = true
 		}
 	}
 	for _, r := range in.HTTP {
@@ -57,71 +58,16 @@ func routeStatuses(st waypointxds.State, domain string) map[routeKey][]gamma.Rou
 			out[k] = append(out[k], s)
 		}
 	}
-	lk := waypointxds.Lookup(st)
+	add(built)
 	for p := range parents {
-		svc := st.Service(p[0], p[1])
-		if svc == nil {
-			continue // MissingParents reports it
-		}
-		_, statuses, err := gamma.Translate(gammaService(svc), in, gamma.Options{Domain: domain, Lookup: lk})
-		if err != nil {
-			// A Service without TCP ports (or with no cluster IP parsed):
-			// the routes cannot attach to it.
-			for _, s := range noPortStatuses(in, svc, err) {
-				k := routeKey{s.Kind, s.Namespace, s.Name}
-				out[k] = append(out[k], s)
-			}
+		if served[p] {
 			continue
 		}
-		add(statuses)
+		if svc := st.Service(p.Namespace, p.Name); svc != nil {
+			add(waypointxds.RouteStatuses(st, svc, domain))
+		} // else MissingParents reports it
 	}
-	add(gamma.MissingParents(in, lk))
-	return out
-}
-
-// gammaService is the gamma view of a Service: its cluster IPs and TCP ports.
-func gammaService(svc *corev1.Service) gamma.Service {
-	g := gamma.Service{Namespace: svc.Namespace, Name: svc.Name, PortNames: map[string]uint32{}}
-	for _, ip := range svc.Spec.ClusterIPs {
-		if ip != "" && ip != corev1.ClusterIPNone {
-			g.VIPs = append(g.VIPs, ip)
-		}
-	}
-	for _, p := range svc.Spec.Ports {
-		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
-			continue
-		}
-		g.Ports = append(g.Ports, uint32(p.Port))
-		if p.Name != "" {
-			g.PortNames[p.Name] = uint32(p.Port)
-		}
-	}
-	return g
-}
-
-// noPortStatuses: every parentRef naming svc is not accepted, with err.
-func noPortStatuses(in gamma.Routes, svc *corev1.Service, err error) []gamma.RouteStatus {
-	var out []gamma.RouteStatus
-	visit := func(kind string, m metav1.ObjectMeta, refs []gatewayv1.ParentReference) {
-		for _, pr := range refs {
-			if pr.Group == nil || *pr.Group != "" || pr.Kind == nil || *pr.Kind != "Service" || string(pr.Name) != svc.Name {
-				continue
-			}
-			if ns := m.Namespace; pr.Namespace != nil && string(*pr.Namespace) != svc.Namespace || pr.Namespace == nil && ns != svc.Namespace {
-				continue
-			}
-			out = append(out, gamma.RouteStatus{Kind: kind, Namespace: m.Namespace, Name: m.Name, ParentRef: pr, Conditions: []metav1.Condition{
-				{Type: string(gatewayv1.RouteConditionAccepted), Status: metav1.ConditionFalse, Reason: string(gatewayv1.RouteReasonNoMatchingParent), Message: err.Error(), ObservedGeneration: m.Generation},
-				{Type: string(gatewayv1.RouteConditionResolvedRefs), Status: metav1.ConditionTrue, Reason: string(gatewayv1.RouteReasonResolvedRefs), Message: "", ObservedGeneration: m.Generation},
-			}})
-		}
-	}
-	for _, r := range in.HTTP {
-		visit(gamma.KindHTTPRoute, r.ObjectMeta, r.Spec.ParentRefs)
-	}
-	for _, r := range in.GRPC {
-		visit(gamma.KindGRPCRoute, r.ObjectMeta, r.Spec.ParentRefs)
-	}
+	add(gamma.MissingParents(in, waypointxds.Lookup(st)))
 	return out
 }
 

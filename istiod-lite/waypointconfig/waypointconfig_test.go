@@ -295,6 +295,20 @@ func TestWaypointConfigurationAndRouteStatus(t *testing.T) {
 		res := rec.get(node)
 		return res != nil && res[resource.RouteType][routeName] == nil
 	})
+	// Routes of a Service no waypoint serves are still validated: a new
+	// generation of the good route is accepted again.
+	good, err := gw.GatewayV1().HTTPRoutes(ns).Get(ctx, "good", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good.Spec.Rules[0].Matches[0].Path.Value = new("/good-v2")
+	if good, err = gw.GatewayV1().HTTPRoutes(ns).Update(ctx, good, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the unserved route's status for its new generation", func() bool {
+		a := cond("good", "Accepted")
+		return a != nil && a.Status == metav1.ConditionTrue && a.ObservedGeneration == good.Generation
+	})
 
 	// The Gateway goes: its configuration is dropped.
 	if err := gw.GatewayV1().Gateways(ns).Delete(ctx, "waypoint", metav1.DeleteOptions{}); err != nil {

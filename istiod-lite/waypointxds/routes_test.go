@@ -1,6 +1,7 @@
 package waypointxds
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -107,3 +108,48 @@ func TestRoutesAndBackendClusters(t *testing.T) {
 type fixedRand uint64
 
 func (f fixedRand) Uint64() uint64 { return uint64(f) }
+
+// A parentRef naming a port declared opaque TCP matches no parent: the
+// waypoint routes nothing there, so the route must not be reported
+// Accepted. The same holds served or not, through Build or RouteStatuses.
+func TestRouteStatusOnOpaqueTCPPort(t *testing.T) {
+	st := newState().ns("shop", LabelUseWaypoint, "waypoint").waypoint("shop", "waypoint", "")
+	mixed := st.service("shop", "reviews", "10.96.0.10", nil, port("http", 9080, ""), port("tcp-db", 3306, ""))
+	tcpOnly := st.service("shop", "db", "10.96.0.11", nil, port("mysql", 3306, ""))
+	onPort := func(name string, p int32) gatewayv1.ParentReference {
+		pr := svcParent(name)
+		pr.Port = ptr(gatewayv1.PortNumber(p))
+		return pr
+	}
+	st.http = append(st.http, &gatewayv1.HTTPRoute{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "r", Generation: 1},
+		Spec: gatewayv1.HTTPRouteSpec{
+			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{onPort("reviews", 9080), onPort("reviews", 3306), svcParent("db")}},
+			Rules:           []gatewayv1.HTTPRouteRule{{BackendRefs: []gatewayv1.HTTPBackendRef{backend("reviews", 9080, 1)}}},
+		},
+	})
+	want := map[string]string{"reviews:9080": "True", "reviews:3306": "False", "db:0": "False"}
+	check := func(from string, statuses []gamma.RouteStatus) {
+		t.Helper()
+		got := map[string]string{}
+		for _, s := range statuses {
+			var p int32
+			if s.ParentRef.Port != nil {
+				p = int32(*s.ParentRef.Port)
+			}
+			c := s.Condition("Accepted")
+			got[fmt.Sprintf("%s:%d", s.ParentRef.Name, p)] = string(c.Status)
+			if c.Status == metav1.ConditionFalse && c.Reason != string(gatewayv1.RouteReasonNoMatchingParent) {
+				t.Errorf("%s: %s:%d reason %s, want NoMatchingParent", from, s.ParentRef.Name, p, c.Reason)
+			}
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: Accepted on %s = %q, want %s (all: %v)", from, k, got[k], v, got)
+			}
+		}
+	}
+	_, rep := build(t, st, "shop", "waypoint")
+	check("Build", rep.RouteStatuses)
+	check("RouteStatuses", append(RouteStatuses(st, mixed, ""), RouteStatuses(st, tcpOnly, "")...))
+}

@@ -1,11 +1,15 @@
 package waypointxds
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/istiod-lite/gamma"
 )
@@ -86,10 +90,6 @@ func (b *builder) service(svc *corev1.Service) ([]servedChain, []gamma.RouteStat
 	host := gamma.Hostname(svc.Namespace, svc.Name, b.opts.Domain)
 	vips := serviceVIPs(svc)
 	var chains []servedChain
-	gs := gamma.Service{Namespace: svc.Namespace, Name: svc.Name, PortNames: map[string]uint32{}}
-	for _, a := range vips {
-		gs.VIPs = append(gs.VIPs, a.Addr().String())
-	}
 	seen := map[uint32]bool{}
 	for _, p := range svc.Spec.Ports {
 		port := uint32(p.Port)
@@ -99,26 +99,11 @@ func (b *builder) service(svc *corev1.Service) ([]servedChain, []gamma.RouteStat
 		seen[port] = true
 		c := servedChain{svc: svc, host: host, port: port, proto: portProtocol(p), vips: vips, cluster: gamma.ClusterName(port, host)}
 		b.clusters[c.cluster] = true
-		if c.proto != protoTCP {
-			gs.Ports = append(gs.Ports, port)
-			if p.Name != "" {
-				gs.PortNames[p.Name] = port
-			}
-		}
 		if len(vips) > 0 {
 			chains = append(chains, c)
 		}
 	}
-	if len(gs.Ports) == 0 {
-		return chains, nil
-	}
-	rcs, statuses, err := gamma.Translate(gs, gamma.Routes{HTTP: b.st.HTTPRoutes(), GRPC: b.st.GRPCRoutes()},
-		gamma.Options{Domain: b.opts.Domain, Lookup: lookup{b.st}})
-	if err != nil {
-		// Unreachable: gamma refuses only bad ports and VIPs, filtered
-		// above. Without route configurations the HTTP chains answer 404.
-		return chains, nil
-	}
+	rcs, statuses := translateRoutes(b.st, svc, b.opts.Domain)
 	for _, rc := range rcs {
 		b.res.add(resource.RouteType, rc.GetName(), rc)
 		for _, name := range routeClusters(rc) {
@@ -126,4 +111,87 @@ func (b *builder) service(svc *corev1.Service) ([]servedChain, []gamma.RouteStat
 		}
 	}
 	return chains, statuses
+}
+
+// gammaService is svc as routes see it: its VIPs and the ports the
+// waypoint serves HTTP on (declared or detected). Ports declared opaque TCP
+// take no routes, so a parentRef naming one matches no parent.
+func gammaService(svc *corev1.Service) gamma.Service {
+	gs := gamma.Service{Namespace: svc.Namespace, Name: svc.Name, PortNames: map[string]uint32{}}
+	for _, a := range serviceVIPs(svc) {
+		gs.VIPs = append(gs.VIPs, a.Addr().String())
+	}
+	seen := map[uint32]bool{}
+	for _, p := range svc.Spec.Ports {
+		port := uint32(p.Port)
+		if !isTCPPort(p) || seen[port] || portProtocol(p) == protoTCP {
+			continue
+		}
+		seen[port] = true
+		gs.Ports = append(gs.Ports, port)
+		if p.Name != "" {
+			gs.PortNames[p.Name] = port
+		}
+	}
+	return gs
+}
+
+// translateRoutes translates the GAMMA routes naming svc: the route
+// configurations of its HTTP ports and the status of every parentRef
+// naming it.
+func translateRoutes(st State, svc *corev1.Service, domain string) ([]*routev3.RouteConfiguration, []gamma.RouteStatus) {
+	in := gamma.Routes{HTTP: st.HTTPRoutes(), GRPC: st.GRPCRoutes()}
+	gs := gammaService(svc)
+	if len(gs.Ports) == 0 {
+		return nil, unattachedStatuses(in, svc, fmt.Sprintf("Service %s/%s has no port that carries HTTP (every port is UDP/SCTP or declared opaque TCP)", svc.Namespace, svc.Name))
+	}
+	rcs, statuses, err := gamma.Translate(gs, in, gamma.Options{Domain: domain, Lookup: lookup{st}})
+	if err != nil {
+		// gamma refuses only bad ports and VIPs, which gammaService
+		// filters; should it happen, the routes cannot attach.
+		return nil, unattachedStatuses(in, svc, err.Error())
+	}
+	return rcs, statuses
+}
+
+// RouteStatuses returns the status of every parentRef naming svc, as Build
+// computes it for a served Service; for Services no waypoint serves, whose
+// routes are still validated.
+func RouteStatuses(st State, svc *corev1.Service, domain string) []gamma.RouteStatus {
+	if domain == "" {
+		domain = Options{}.withDefaults().Domain
+	}
+	_, statuses := translateRoutes(st, svc, domain)
+	return statuses
+}
+
+// unattachedStatuses: every parentRef naming svc is not accepted
+// (NoMatchingParent), with why.
+func unattachedStatuses(in gamma.Routes, svc *corev1.Service, why string) []gamma.RouteStatus {
+	var out []gamma.RouteStatus
+	visit := func(kind string, m metav1.ObjectMeta, refs []gatewayv1.ParentReference) {
+		for _, pr := range refs {
+			if pr.Group == nil || *pr.Group != "" || pr.Kind == nil || *pr.Kind != "Service" || string(pr.Name) != svc.Name {
+				continue
+			}
+			ns := m.Namespace
+			if pr.Namespace != nil {
+				ns = string(*pr.Namespace)
+			}
+			if ns != svc.Namespace {
+				continue
+			}
+			out = append(out, gamma.RouteStatus{Kind: kind, Namespace: m.Namespace, Name: m.Name, ParentRef: pr, Conditions: []metav1.Condition{
+				{Type: string(gatewayv1.RouteConditionAccepted), Status: metav1.ConditionFalse, Reason: string(gatewayv1.RouteReasonNoMatchingParent), Message: why, ObservedGeneration: m.Generation},
+				{Type: string(gatewayv1.RouteConditionResolvedRefs), Status: metav1.ConditionTrue, Reason: string(gatewayv1.RouteReasonResolvedRefs), ObservedGeneration: m.Generation},
+			}})
+		}
+	}
+	for _, r := range in.HTTP {
+		visit(gamma.KindHTTPRoute, r.ObjectMeta, r.Spec.ParentRefs)
+	}
+	for _, r := range in.GRPC {
+		visit(gamma.KindGRPCRoute, r.ObjectMeta, r.Spec.ParentRefs)
+	}
+	return out
 }

@@ -4,23 +4,19 @@ import (
 	"fmt"
 	"net/netip"
 	"net/textproto"
-	"regexp"
-	"regexp/syntax"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+
+	"github.com/ambit-mesh/ambit/waypoint/internal/envoymatch"
 )
 
 // PeerPrincipalKey is the only filter state key the engine knows: Istio's
 // waypoints match the HBONE peer's identity through it.
 const PeerPrincipalKey = "io.istio.peer_principal"
-
-// maxRegexInsts bounds a compiled regex (Go instructions), as
-// waypoint/router does: it only keeps absurd patterns out of memory.
-const maxRegexInsts = 5000
 
 // input is an Attributes with the values matchers need prepared once.
 type input struct {
@@ -70,32 +66,32 @@ func (m cidrM) match(in *input) bool {
 
 // authenticatedM is Envoy's AuthenticatedMatcher: an unauthenticated
 // connection never matches; without principal_name any peer does.
-type authenticatedM struct{ name *stringMatcher }
+type authenticatedM struct{ name *envoymatch.String }
 
 func (m authenticatedM) match(in *input) bool {
 	if in.PeerPrincipal == "" {
 		return false
 	}
-	return m.name == nil || m.name.match(in.PeerPrincipal)
+	return m.name == nil || m.name.Match(in.PeerPrincipal)
 }
 
 // peerPrincipalM is filter_state io.istio.peer_principal: absent (no peer
 // identity) never matches.
-type peerPrincipalM struct{ str stringMatcher }
+type peerPrincipalM struct{ str envoymatch.String }
 
 func (m peerPrincipalM) match(in *input) bool {
-	return in.PeerPrincipal != "" && m.str.match(in.PeerPrincipal)
+	return in.PeerPrincipal != "" && m.str.Match(in.PeerPrincipal)
 }
 
 // pathM is Envoy's PathMatcher: the path without query and fragment; no path
 // (L4) never matches.
-type pathM struct{ str stringMatcher }
+type pathM struct{ str envoymatch.String }
 
 func (m pathM) match(in *input) bool {
 	if in.Path == "" {
 		return false
 	}
-	return m.str.match(pathOnly(in.Path))
+	return m.str.Match(pathOnly(in.Path))
 }
 
 func pathOnly(p string) string {
@@ -250,7 +246,7 @@ type headerM struct {
 	key            string // canonical key; "" for a pseudo-header
 	pseudo         string // ":method", ":path", ":authority"
 	present        *bool
-	str            stringMatcher
+	str            envoymatch.String
 	invert         bool
 	missingAsEmpty bool
 }
@@ -318,113 +314,16 @@ func (m headerM) match(in *input) bool {
 		}
 		v = ""
 	}
-	return m.str.match(v) != m.invert
+	return m.str.Match(v) != m.invert
 }
 
-type strKind uint8
-
-const (
-	strExact strKind = iota + 1
-	strPrefix
-	strSuffix
-	strContains
-	strRegex
-)
-
-// stringMatcher is Envoy's StringMatcher; ignore_case folds ASCII only, as
-// Envoy's absl helpers do.
-type stringMatcher struct {
-	kind       strKind
-	value      string
-	ignoreCase bool
-	re         *regexp.Regexp
-}
-
-func compileStringMatcher(path string, sm *matcherv3.StringMatcher) (stringMatcher, error) {
-	if sm == nil {
-		return stringMatcher{}, fmt.Errorf("%s: a string matcher is required", path)
+// compileStringMatcher is envoymatch.CompileString, except that ignore_case
+// with safe_regex is refused: Envoy ignores it there ("ignore_case has no
+// effect for safe_regex"), and a policy that reads as case-insensitive but
+// is not could allow what it means to deny.
+func compileStringMatcher(path string, sm *matcherv3.StringMatcher) (envoymatch.String, error) {
+	if _, ok := sm.GetMatchPattern().(*matcherv3.StringMatcher_SafeRegex); ok && sm.GetIgnoreCase() {
+		return envoymatch.String{}, fmt.Errorf("%s: ignore_case may not be combined with safe_regex", joinPath(path, "ignore_case"))
 	}
-	m := stringMatcher{ignoreCase: sm.GetIgnoreCase()}
-	switch p := sm.GetMatchPattern().(type) {
-	case *matcherv3.StringMatcher_Exact:
-		m.kind, m.value = strExact, p.Exact
-	case *matcherv3.StringMatcher_Prefix:
-		m.kind, m.value = strPrefix, p.Prefix
-	case *matcherv3.StringMatcher_Suffix:
-		m.kind, m.value = strSuffix, p.Suffix
-	case *matcherv3.StringMatcher_Contains:
-		m.kind, m.value = strContains, p.Contains
-	case *matcherv3.StringMatcher_SafeRegex:
-		if m.ignoreCase {
-			// Envoy: "ignore_case has no effect for safe_regex".
-			return m, fmt.Errorf("%s: ignore_case may not be combined with safe_regex", joinPath(path, "ignore_case"))
-		}
-		re, err := compileFullRegex(joinPath(path, "safe_regex.regex"), p.SafeRegex.GetRegex())
-		if err != nil {
-			return m, err
-		}
-		m.kind, m.re = strRegex, re
-	default:
-		return m, fmt.Errorf("%s: string matcher has no supported match_pattern", path)
-	}
-	if m.ignoreCase {
-		m.value = lowerASCII(m.value)
-	}
-	return m, nil
-}
-
-func (m *stringMatcher) match(v string) bool {
-	if m.kind == strRegex {
-		return m.re.MatchString(v)
-	}
-	if m.ignoreCase {
-		v = lowerASCII(v)
-	}
-	switch m.kind {
-	case strExact:
-		return v == m.value
-	case strPrefix:
-		return strings.HasPrefix(v, m.value)
-	case strSuffix:
-		return strings.HasSuffix(v, m.value)
-	case strContains:
-		return strings.Contains(v, m.value)
-	}
-	return false
-}
-
-// compileFullRegex compiles an RE2 pattern with Go's regexp, anchored so it
-// must match the whole value (RE2::FullMatch), with a size bound.
-func compileFullRegex(path, expr string) (*regexp.Regexp, error) {
-	parsed, err := syntax.Parse(expr, syntax.Perl)
-	if err != nil {
-		return nil, fmt.Errorf("%s: invalid RE2 regex %q: %w", path, expr, err)
-	}
-	prog, err := syntax.Compile(parsed.Simplify())
-	if err != nil {
-		return nil, fmt.Errorf("%s: invalid RE2 regex %q: %w", path, expr, err)
-	}
-	if n := len(prog.Inst); n > maxRegexInsts {
-		return nil, fmt.Errorf("%s: regex %q compiles to %d instructions, more than the limit of %d", path, expr, n, maxRegexInsts)
-	}
-	re, err := regexp.Compile(`^(?:` + expr + `)$`)
-	if err != nil {
-		return nil, fmt.Errorf("%s: invalid RE2 regex %q: %w", path, expr, err)
-	}
-	return re, nil
-}
-
-func lowerASCII(s string) string {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; 'A' <= c && c <= 'Z' {
-			b := []byte(s)
-			for j := i; j < len(b); j++ {
-				if 'A' <= b[j] && b[j] <= 'Z' {
-					b[j] += 'a' - 'A'
-				}
-			}
-			return string(b)
-		}
-	}
-	return s
+	return envoymatch.CompileString(path, sm)
 }

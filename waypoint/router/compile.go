@@ -11,6 +11,8 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/ambit-mesh/ambit/waypoint/internal/envoymatch"
 )
 
 // defaultMaxDirectResponseBody is Envoy's default for
@@ -78,7 +80,7 @@ func compile(rc *routev3.RouteConfiguration) (*Table, error) {
 		}
 		for j, d := range vhc.GetDomains() {
 			dpath := idx(joinPath(path, "domains"), j)
-			domain := toLowerASCII(d)
+			domain := envoymatch.ToLowerASCII(d)
 			var dup bool
 			switch {
 			case domain == "*":
@@ -198,7 +200,7 @@ func compileRoute(path string, rc *routev3.Route, maxBody uint64) (*route, error
 		if fm.GetKey() == "" || fm.GetStringMatch() == nil {
 			return nil, fieldError(fpath, "a key and a string_match are required")
 		}
-		sm, err := compileStringMatcher(joinPath(fpath, "string_match"), fm.GetStringMatch())
+		sm, err := envoymatch.CompileString(joinPath(fpath, "string_match"), fm.GetStringMatch())
 		if err != nil {
 			return nil, err
 		}

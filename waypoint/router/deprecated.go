@@ -6,6 +6,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ambit-mesh/ambit/waypoint/internal/envoymatch"
 )
 
 // compileLegacyHeaderSpecifier handles HeaderMatcher's deprecated
@@ -17,20 +19,20 @@ func compileLegacyHeaderSpecifier(path string, spec any, m *headerMatcher) (ok b
 			// Envoy: an empty exact_match matches any value.
 			m.kind = hdrAnyValue
 		} else {
-			m.kind, m.str = hdrString, stringMatcher{kind: strExact, value: s.ExactMatch}
+			m.kind, m.str = hdrString, envoymatch.Exact(s.ExactMatch)
 		}
 	case *routev3.HeaderMatcher_PrefixMatch:
-		m.kind, m.str = hdrString, stringMatcher{kind: strPrefix, value: s.PrefixMatch}
+		m.kind, m.str = hdrString, envoymatch.Prefix(s.PrefixMatch)
 	case *routev3.HeaderMatcher_SuffixMatch:
-		m.kind, m.str = hdrString, stringMatcher{kind: strSuffix, value: s.SuffixMatch}
+		m.kind, m.str = hdrString, envoymatch.Suffix(s.SuffixMatch)
 	case *routev3.HeaderMatcher_ContainsMatch:
-		m.kind, m.str = hdrString, stringMatcher{kind: strContains, value: s.ContainsMatch}
+		m.kind, m.str = hdrString, envoymatch.Contains(s.ContainsMatch)
 	case *routev3.HeaderMatcher_SafeRegexMatch:
-		re, err := compileFullRegex(joinPath(path, "safe_regex_match"), s.SafeRegexMatch)
+		re, err := envoymatch.CompileFullRegex(joinPath(path, "safe_regex_match"), s.SafeRegexMatch)
 		if err != nil {
 			return true, err
 		}
-		m.kind, m.str = hdrString, stringMatcher{kind: strRegex, re: re}
+		m.kind, m.str = hdrString, envoymatch.Regex(re)
 	case *routev3.HeaderMatcher_RangeMatch:
 		if s.RangeMatch == nil {
 			return true, fieldError(joinPath(path, "range_match"), "range is required")

@@ -5,76 +5,14 @@ import (
 	"fmt"
 	"net/textproto"
 	"regexp"
-	"regexp/syntax"
 	"strconv"
 	"strings"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+
+	"github.com/ambit-mesh/ambit/waypoint/internal/envoymatch"
 )
-
-// maxRegexInsts bounds the size of a compiled regular expression (Go's
-// instruction count). Envoy rejects RE2 programs above 100 by default
-// (re2.max_program_size.error_level); the two measures are not the same unit,
-// so the bound here is generous: it only keeps absurd patterns out of memory.
-const maxRegexInsts = 5000
-
-// compileRegex compiles an Envoy RegexMatcher (RE2 syntax) with Go's regexp.
-// full anchors it so that it must match the whole input, as Envoy's
-// safe_regex matchers do (RE2::FullMatch).
-func compileRegex(path string, rm *matcherv3.RegexMatcher, full bool) (*regexp.Regexp, error) {
-	if rm == nil {
-		return nil, fieldError(path, "regex matcher is required")
-	}
-	expr := rm.GetRegex()
-	if err := checkRegexSize(expr); err != nil {
-		return nil, fieldError(joinPath(path, "regex"), "%v", err)
-	}
-	if full {
-		expr = `^(?:` + expr + `)$`
-	}
-	re, err := regexp.Compile(expr)
-	if err != nil {
-		return nil, fieldError(joinPath(path, "regex"), "invalid RE2 regex %q: %v", rm.GetRegex(), err)
-	}
-	return re, nil
-}
-
-// fullRegexp is a regex anchored at both ends, with the literal prefix every
-// match must start with checked first (a cheap rejection for the common
-// "/service/[^/]+" shapes).
-type fullRegexp struct {
-	re     *regexp.Regexp
-	prefix string
-}
-
-func compileFullRegex(path string, rm *matcherv3.RegexMatcher) (*fullRegexp, error) {
-	re, err := compileRegex(path, rm, true)
-	if err != nil {
-		return nil, err
-	}
-	prefix, _ := re.LiteralPrefix()
-	return &fullRegexp{re: re, prefix: prefix}, nil
-}
-
-func (f *fullRegexp) MatchString(s string) bool {
-	return strings.HasPrefix(s, f.prefix) && f.re.MatchString(s)
-}
-
-func checkRegexSize(expr string) error {
-	parsed, err := syntax.Parse(expr, syntax.Perl)
-	if err != nil {
-		return fmt.Errorf("invalid RE2 regex %q: %w", expr, err)
-	}
-	prog, err := syntax.Compile(parsed.Simplify())
-	if err != nil {
-		return fmt.Errorf("invalid RE2 regex %q: %w", expr, err)
-	}
-	if n := len(prog.Inst); n > maxRegexInsts {
-		return fmt.Errorf("regex %q compiles to %d instructions, more than the limit of %d", expr, n, maxRegexInsts)
-	}
-	return nil
-}
 
 // re2Substitution converts an RE2 rewrite string (\0..\9 name capture groups,
 // \\ is a backslash) into a Go regexp template ($ escaped). RE2 refuses any
@@ -121,7 +59,7 @@ type regexRewrite struct {
 }
 
 func compileRegexRewrite(path string, rs *matcherv3.RegexMatchAndSubstitute) (*regexRewrite, error) {
-	re, err := compileRegex(joinPath(path, "pattern"), rs.GetPattern(), false)
+	re, err := envoymatch.CompileRegex(joinPath(path, "pattern"), rs.GetPattern(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -133,126 +71,6 @@ func compileRegexRewrite(path string, rs *matcherv3.RegexMatchAndSubstitute) (*r
 }
 
 func (r *regexRewrite) replace(s string) string { return r.re.ReplaceAllString(s, r.template) }
-
-// ASCII case folding, as absl's *IgnoreCase helpers do (Envoy's ignore_case
-// and case_sensitive: false fold ASCII letters only).
-func lowerASCII(c byte) byte {
-	if 'A' <= c && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
-}
-
-func equalFoldASCII(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		if a[i] != b[i] && lowerASCII(a[i]) != lowerASCII(b[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func hasPrefixFold(s, prefix string) bool {
-	return len(s) >= len(prefix) && equalFoldASCII(s[:len(prefix)], prefix)
-}
-
-func hasSuffixFold(s, suffix string) bool {
-	return len(s) >= len(suffix) && equalFoldASCII(s[len(s)-len(suffix):], suffix)
-}
-
-func containsFold(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if equalFoldASCII(s[i:i+len(sub)], sub) {
-			return true
-		}
-	}
-	return false
-}
-
-func toLowerASCII(s string) string {
-	for i := 0; i < len(s); i++ {
-		if 'A' <= s[i] && s[i] <= 'Z' {
-			b := []byte(s)
-			for j := i; j < len(b); j++ {
-				b[j] = lowerASCII(b[j])
-			}
-			return string(b)
-		}
-	}
-	return s
-}
-
-type strKind uint8
-
-const (
-	strExact strKind = iota + 1
-	strPrefix
-	strSuffix
-	strContains
-	strRegex
-)
-
-// stringMatcher is Envoy's StringMatcher.
-type stringMatcher struct {
-	kind       strKind
-	value      string
-	ignoreCase bool
-	re         *fullRegexp
-}
-
-func compileStringMatcher(path string, sm *matcherv3.StringMatcher) (stringMatcher, error) {
-	m := stringMatcher{ignoreCase: sm.GetIgnoreCase()}
-	switch p := sm.GetMatchPattern().(type) {
-	case *matcherv3.StringMatcher_Exact:
-		m.kind, m.value = strExact, p.Exact
-	case *matcherv3.StringMatcher_Prefix:
-		m.kind, m.value = strPrefix, p.Prefix
-	case *matcherv3.StringMatcher_Suffix:
-		m.kind, m.value = strSuffix, p.Suffix
-	case *matcherv3.StringMatcher_Contains:
-		m.kind, m.value = strContains, p.Contains
-	case *matcherv3.StringMatcher_SafeRegex:
-		re, err := compileFullRegex(joinPath(path, "safe_regex"), p.SafeRegex)
-		if err != nil {
-			return m, err
-		}
-		m.kind, m.re = strRegex, re
-	default:
-		return m, fieldError(path, "string matcher has no supported match_pattern")
-	}
-	return m, nil
-}
-
-func (m *stringMatcher) match(v string) bool {
-	switch m.kind {
-	case strExact:
-		if m.ignoreCase {
-			return equalFoldASCII(v, m.value)
-		}
-		return v == m.value
-	case strPrefix:
-		if m.ignoreCase {
-			return hasPrefixFold(v, m.value)
-		}
-		return strings.HasPrefix(v, m.value)
-	case strSuffix:
-		if m.ignoreCase {
-			return hasSuffixFold(v, m.value)
-		}
-		return strings.HasSuffix(v, m.value)
-	case strContains:
-		if m.ignoreCase {
-			return containsFold(v, m.value)
-		}
-		return strings.Contains(v, m.value)
-	case strRegex:
-		return m.re.MatchString(v)
-	}
-	return false
-}
 
 type pathKind uint8
 
@@ -268,7 +86,7 @@ type pathMatcher struct {
 	kind       pathKind
 	value      string
 	ignoreCase bool
-	re         *fullRegexp
+	re         *envoymatch.FullRegexp
 }
 
 // match reports whether p (the :path without query and fragment) matches.
@@ -276,12 +94,12 @@ func (m *pathMatcher) match(p string) bool {
 	switch m.kind {
 	case pathPrefix:
 		if m.ignoreCase {
-			return hasPrefixFold(p, m.value)
+			return envoymatch.HasPrefixFold(p, m.value)
 		}
 		return strings.HasPrefix(p, m.value)
 	case pathExact:
 		if m.ignoreCase {
-			return equalFoldASCII(p, m.value)
+			return envoymatch.EqualFoldASCII(p, m.value)
 		}
 		return p == m.value
 	case pathRegex:
@@ -291,7 +109,7 @@ func (m *pathMatcher) match(p string) bool {
 			return false
 		}
 		if m.ignoreCase {
-			if !equalFoldASCII(p[:len(m.value)], m.value) {
+			if !envoymatch.EqualFoldASCII(p[:len(m.value)], m.value) {
 				return false
 			}
 		} else if p[:len(m.value)] != m.value {
@@ -316,7 +134,7 @@ func compilePathMatcher(path string, rm *routev3.RouteMatch) (pathMatcher, error
 		}
 		m.kind, m.value = pathSeparatedPrefix, v
 	case *routev3.RouteMatch_SafeRegex:
-		re, err := compileFullRegex(joinPath(path, "safe_regex"), p.SafeRegex)
+		re, err := envoymatch.CompileFullRegex(joinPath(path, "safe_regex"), p.SafeRegex)
 		if err != nil {
 			return m, err
 		}
@@ -361,7 +179,7 @@ type headerRef struct {
 }
 
 func newHeaderRef(path, name string) (headerRef, error) {
-	lower := toLowerASCII(name)
+	lower := envoymatch.ToLowerASCII(name)
 	ps, ok := pseudoFor(lower)
 	if !ok {
 		return headerRef{}, fieldError(path, "pseudo-header %q is not supported (only :authority, :method, :path, :scheme)", name)
@@ -407,7 +225,7 @@ type headerMatcher struct {
 	ref            headerRef
 	kind           headerKind
 	present        bool
-	str            stringMatcher
+	str            envoymatch.String
 	start, end     int64
 	invert         bool
 	missingAsEmpty bool
@@ -426,7 +244,7 @@ func compileHeaderMatcher(path string, hm *routev3.HeaderMatcher) (headerMatcher
 	case *routev3.HeaderMatcher_PresentMatch:
 		m.kind, m.present = hdrPresent, s.PresentMatch
 	case *routev3.HeaderMatcher_StringMatch:
-		sm, err := compileStringMatcher(joinPath(path, "string_match"), s.StringMatch)
+		sm, err := envoymatch.CompileString(joinPath(path, "string_match"), s.StringMatch)
 		if err != nil {
 			return m, err
 		}
@@ -460,7 +278,7 @@ func (m *headerMatcher) match(req *Request) bool {
 	case hdrAnyValue:
 		r = true
 	case hdrString:
-		r = m.str.match(v)
+		r = m.str.Match(v)
 	case hdrRange:
 		n, err := strconv.ParseInt(strings.Trim(v, " \t\n\v\f\r"), 10, 64)
 		r = err == nil && n >= m.start && n < m.end
@@ -473,7 +291,7 @@ type queryMatcher struct {
 	name       string
 	hasPresent bool
 	present    bool
-	str        *stringMatcher
+	str        *envoymatch.String
 }
 
 func compileQueryMatcher(path string, qm *routev3.QueryParameterMatcher) (queryMatcher, error) {
@@ -483,7 +301,7 @@ func compileQueryMatcher(path string, qm *routev3.QueryParameterMatcher) (queryM
 	case *routev3.QueryParameterMatcher_PresentMatch:
 		m.hasPresent, m.present = true, s.PresentMatch
 	case *routev3.QueryParameterMatcher_StringMatch:
-		sm, err := compileStringMatcher(joinPath(path, "string_match"), s.StringMatch)
+		sm, err := envoymatch.CompileString(joinPath(path, "string_match"), s.StringMatch)
 		if err != nil {
 			return m, err
 		}
@@ -505,7 +323,7 @@ func (m *queryMatcher) match(rawPath string) bool {
 	if m.str == nil {
 		return true
 	}
-	return m.str.match(v)
+	return m.str.Match(v)
 }
 
 // firstQueryValue finds the first value of a query parameter in a :path, as

@@ -3,6 +3,8 @@ package router
 import (
 	"strings"
 	"time"
+
+	"github.com/ambit-mesh/ambit/waypoint/internal/envoymatch"
 )
 
 // route is a compiled Route.
@@ -62,7 +64,7 @@ func (r *route) matches(req *Request, p string, rv uint64) bool {
 	}
 	for i := range r.state {
 		v, ok := req.FilterState[r.state[i].key]
-		if !ok || !r.state[i].value.match(v) {
+		if !ok || !r.state[i].value.Match(v) {
 			return false
 		}
 	}
@@ -73,7 +75,7 @@ func (r *route) matches(req *Request, p string, rv uint64) bool {
 // absent key does not match.
 type filterStateMatcher struct {
 	key   string
-	value stringMatcher
+	value envoymatch.String
 }
 
 // rewritePath applies a prefix_rewrite or regex_rewrite to the full :path

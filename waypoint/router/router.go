@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ambit-mesh/ambit/waypoint/internal/envoymatch"
 )
 
 // Rand is the source of randomness a request brings (weighted cluster picks,
@@ -282,7 +284,7 @@ func (t *Table) findVirtualHost(req *Request) *virtualHost {
 	} else {
 		host = req.Authority
 	}
-	host = toLowerASCII(host)
+	host = envoymatch.ToLowerASCII(host)
 	if t.ignorePort {
 		if i := portStart(host); i >= 0 {
 			host = host[:i]

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 var flags struct {
 	kubeconfig     string
 	nodeName       string
+	nodeIP         string
 	controlPlane   string
 	rootCert       string
 	token          string
@@ -47,6 +49,7 @@ func main() {
 func registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&flags.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
 	fs.StringVar(&flags.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	fs.StringVar(&flags.nodeIP, "node-ip", os.Getenv("HOST_IP"), "this node's address (default $HOST_IP, status.hostIP): where kubelet probes to captured pods are source-NATed to bypass capture; empty disables")
 	fs.StringVar(&flags.controlPlane, "control-plane", "istiod.istio-system.svc:15012", "istiod-lite's gRPC address (xDS and CA)")
 	fs.StringVar(&flags.rootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "mesh root certificate(s), PEM (ConfigMap istio-ca-root-cert)")
 	fs.StringVar(&flags.token, "token", "/var/run/secrets/tokens/istio-token", "ServiceAccount token for audience istio-ca (projected, pod-bound)")
@@ -89,6 +92,12 @@ func run(ctx context.Context, p *daemon.Process) error {
 		}()
 		defer hs.Close()
 	}
+	var nodeIP netip.Addr
+	if flags.nodeIP != "" {
+		if nodeIP, err = netip.ParseAddr(flags.nodeIP); err != nil {
+			return fmt.Errorf("--node-ip: %w", err)
+		}
+	}
 	var cni *install.Config
 	if flags.cniBinDir != "" || flags.cniConfDir != "" {
 		cni = &install.Config{PluginBinary: flags.cniPlugin, BinDir: flags.cniBinDir, ConfDir: flags.cniConfDir,
@@ -97,7 +106,7 @@ func run(ctx context.Context, p *daemon.Process) error {
 	return agent.Run(ctx, agent.Config{
 		AdminAddr: flags.adminAddr, DrainTimeout: p.ShutdownTimeout() * 2 / 3,
 		CNIStateFile: flags.cniStateFile, CNIInstall: cni, HostRoot: flags.hostRoot,
-		Kube: kube, NodeName: flags.nodeName, ControlPlane: flags.controlPlane,
+		Kube: kube, NodeName: flags.nodeName, NodeIP: nodeIP, ControlPlane: flags.controlPlane,
 		RootCertFile: flags.rootCert, TokenFile: flags.token, TrustDomain: flags.trustDomain,
 		Network: flags.network, CNISocket: flags.cniSocket, CertTTL: flags.certTTL,
 		Metrics: prov, Log: p.Log, Ready: func() { p.SetReady(true) },

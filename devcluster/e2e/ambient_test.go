@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -38,6 +39,16 @@ spec:
         - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
         ports: [{containerPort: 3000}]
+        # Kubelet probes come from the node in plain text; STRICT must
+        # not fail them (the node source-NATs them past capture).
+        readinessProbe:
+          httpGet: {path: /, port: 3000}
+          periodSeconds: 1
+          failureThreshold: 2
+        livenessProbe:
+          tcpSocket: {port: 3000}
+          periodSeconds: 1
+          failureThreshold: 3
 ---
 apiVersion: v1
 kind: Service
@@ -208,6 +219,27 @@ spec:
 		eventually(t, "plaintext refused", 30*time.Second, func() bool { return curl(c, ns, outsider, url) == "000" })
 		if code := curl(c, ns, client, url); code != "200" {
 			t.Errorf("the meshed client got %s under STRICT", code)
+		}
+		// The echo pods' kubelet probes (every second, unready after two
+		// failures) keep passing: watched for 8 s under STRICT.
+		for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+			pods, err := c.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=echo"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range pods.Items {
+				ready := false
+				for _, cond := range p.Status.Conditions {
+					ready = ready || cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue
+				}
+				restarts := int32(0)
+				for _, cs := range p.Status.ContainerStatuses {
+					restarts += cs.RestartCount
+				}
+				if !ready || restarts > 0 {
+					t.Fatalf("under STRICT, echo pod %s: ready %v, restarts %d (kubelet probes refused?)", p.Name, ready, restarts)
+				}
+			}
 		}
 		if out, err := c.Kubectl(context.Background(), "", "-n", ns, "delete", "peerauthentication", "strict"); err != nil {
 			t.Fatalf("%v %s", err, out)

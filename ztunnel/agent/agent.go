@@ -46,6 +46,10 @@ type Config struct {
 	Kube *rest.Config
 	// NodeName is this node (the DaemonSet passes spec.nodeName).
 	NodeName string
+	// NodeIP is the node's address (status.hostIP): the node's network
+	// namespace is the one carrying it, where kubelet probes to captured
+	// pods are source-NATed so that they bypass capture. Zero disables that.
+	NodeIP netip.Addr
 	// ControlPlane is istiod-lite's gRPC address (xDS and CA).
 	ControlPlane string
 	// ControlPlaneName is the TLS server name to verify; default the host
@@ -210,13 +214,24 @@ func Run(ctx context.Context, cfg Config) error {
 		proxy: px, certs: certs.NewManager(ctx, caclient.New(conn), cfg.CertTTL, log.With("component", "certs")),
 		serviceAccount: pods.serviceAccount, trustDomain: cfg.TrustDomain, log: log, ctx: ctx, byKey: map[string]*servedPod{},
 	}
+	probes := newProbeTargets(cfg.NodeIP, log.With("component", "probes"))
+	defer probes.close()
 	capCfg := capture.DefaultConfig()
+	// Always exempted, with or without the node's SNAT, so the pods' rules
+	// do not change with it.
+	capCfg.ExcludeAddrs = capture.ProbeSources()
 	enroller, err := enroll.NewEnroller(enroll.EnrollerOptions{
-		Capture:    &capCfg,
-		OnEnrolled: served.start,
-		HostRoot:   cfg.HostRoot,
-		OnReleased: served.stop,
-		Log:        log.With("component", "enroll"),
+		Capture: &capCfg,
+		OnEnrolled: func(pod enroll.Pod, ns *podns.NS, lns *inpod.Listeners) {
+			probes.enrolled(pod)
+			served.start(pod, ns, lns)
+		},
+		HostRoot: cfg.HostRoot,
+		OnReleased: func(ref enroll.PodRef) {
+			served.stop(ref)
+			probes.released(ref)
+		},
+		Log: log.With("component", "enroll"),
 	})
 	if err != nil {
 		return fmt.Errorf("ztunnel: %w", err)

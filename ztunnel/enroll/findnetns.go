@@ -140,3 +140,23 @@ func hasAddr(ns *podns.NS, ip netip.Addr) (bool, error) {
 	}
 	return false, nil
 }
+
+// FindNodeNetns opens the node's network namespace: the one carrying the
+// node's address ip. That is init's (/proc/1/ns/net, visible with hostPID)
+// on a real node; where nodes are network namespaces sharing one machine
+// (devcluster), it is another process's, the kubelet's, found by a scan.
+// The ztunnel's own namespace is never returned. The caller closes it.
+func FindNodeNetns(ip netip.Addr) (*podns.NS, error) {
+	ip = ip.Unmap()
+	if ns, err := podns.Open("/proc/1/ns/net"); err == nil {
+		if has, err := hasAddr(ns, ip); err == nil && has {
+			return ns, nil
+		}
+		_ = ns.Close()
+	}
+	ns, err := findNetnsByIP("/proc", hostIDs([]string{"/proc/self/ns/net"}), ip)
+	if err != nil {
+		return nil, fmt.Errorf("enroll: node network namespace: %w", err)
+	}
+	return ns, nil
+}

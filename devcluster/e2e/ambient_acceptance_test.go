@@ -200,9 +200,9 @@ func setupAcceptance(t *testing.T, c *devkube.Cluster) *accEnv {
 			c.WaitForDeployment(t, ns, d, 3*time.Minute)
 		}
 	}
-	// The echo servers have no readiness probe (a kubelet probe is
-	// plaintext and PeerAuthentication STRICT would take them out of their
-	// Services): wait until each answers through the mesh, or directly.
+	// The echo servers have no readiness probe (TestAmbientMesh covers
+	// probes under STRICT): wait until each answers through the mesh, or
+	// directly.
 	for _, ns := range []string{e.mesh, e.plain} {
 		cl := e.pod(t, ns, "client")
 		for _, app := range []string{"echo-a", "echo-b"} {

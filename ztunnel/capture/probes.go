@@ -59,36 +59,30 @@ func probeSets(t *nftables.Table) (v4, v6 *nftables.Set) {
 // addresses. Call it once at start (pods: every captured pod of the node),
 // then AddProbeTargets and DeleteProbeTargets as pods come and go.
 func ApplyProbeSNAT(ns *podns.NS, pods []netip.Addr) error {
-	if ns == nil {
-		return errors.New("capture: probe snat: node network namespace is nil")
-	}
-	c, err := newNFT(ns)
-	if err != nil {
-		return err
-	}
-	defer c.CloseLasting()
-	t := probeTable()
-	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
-	v4, v6 := probeSets(t)
-	e4, e6 := probeElements(pods)
-	if err := c.AddSet(v4, e4); err != nil {
-		return fmt.Errorf("capture: probe snat: set %s: %w", probeSetV4, err)
-	}
-	if err := c.AddSet(v6, e6); err != nil {
-		return fmt.Errorf("capture: probe snat: set %s: %w", probeSetV6, err)
-	}
-	ch := c.AddChain(&nftables.Chain{
-		Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+	return probeConn(ns, func(c *nftables.Conn) error {
+		t := probeTable()
+		c.AddTable(t)
+		c.DelTable(t)
+		c.AddTable(t)
+		v4, v6 := probeSets(t)
+		e4, e6 := probeElements(pods)
+		if err := c.AddSet(v4, e4); err != nil {
+			return fmt.Errorf("set %s: %w", probeSetV4, err)
+		}
+		if err := c.AddSet(v6, e6); err != nil {
+			return fmt.Errorf("set %s: %w", probeSetV6, err)
+		}
+		ch := c.AddChain(&nftables.Chain{
+			Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+		})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: probeSNATRule(v4, ProbeSourceV4), UserData: commentData("ambit:probe-snat-v4")})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: probeSNATRule(v6, ProbeSourceV6), UserData: commentData("ambit:probe-snat-v6")})
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("program table inet %s: %w", ProbeTableName, err)
+		}
+		return nil
 	})
-	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: probeSNATRule(v4, ProbeSourceV4), UserData: commentData("ambit:probe-snat-v4")})
-	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: probeSNATRule(v6, ProbeSourceV6), UserData: commentData("ambit:probe-snat-v6")})
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("capture: probe snat in %s: program table inet %s: %w", ns.Name(), ProbeTableName, err)
-	}
-	return nil
 }
 
 // AddProbeTargets adds captured pod addresses; present ones are kept.
@@ -102,82 +96,81 @@ func DeleteProbeTargets(ns *podns.NS, pods []netip.Addr) error {
 }
 
 func changeProbeTargets(ns *podns.NS, pods []netip.Addr, del bool) error {
-	if ns == nil {
-		return errors.New("capture: probe snat: node network namespace is nil")
-	}
-	c, err := newNFT(ns)
-	if err != nil {
-		return err
-	}
-	defer c.CloseLasting()
-	v4, v6 := probeSets(probeTable())
-	e4, e6 := probeElements(pods)
-	for _, s := range []struct {
-		set   *nftables.Set
-		elems []nftables.SetElement
-	}{{v4, e4}, {v6, e6}} {
-		if len(s.elems) == 0 {
-			continue
-		}
-		// Adding never fails on a present element; deleting an absent one
-		// would abort the batch, so a delete is preceded by an add.
-		if err := c.SetAddElements(s.set, s.elems); err != nil {
-			return fmt.Errorf("capture: probe snat: %w", err)
-		}
-		if del {
-			if err := c.SetDeleteElements(s.set, s.elems); err != nil {
-				return fmt.Errorf("capture: probe snat: %w", err)
+	return probeConn(ns, func(c *nftables.Conn) error {
+		v4, v6 := probeSets(probeTable())
+		e4, e6 := probeElements(pods)
+		for _, s := range []struct {
+			set   *nftables.Set
+			elems []nftables.SetElement
+		}{{v4, e4}, {v6, e6}} {
+			if len(s.elems) == 0 {
+				continue
+			}
+			// Adding never fails on a present element; deleting an absent
+			// one would abort the batch, so a delete follows an add.
+			if err := c.SetAddElements(s.set, s.elems); err != nil {
+				return err
+			}
+			if del {
+				if err := c.SetDeleteElements(s.set, s.elems); err != nil {
+					return err
+				}
 			}
 		}
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("capture: probe snat in %s: update sets of inet %s: %w", ns.Name(), ProbeTableName, err)
-	}
-	return nil
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("update sets of inet %s: %w", ProbeTableName, err)
+		}
+		return nil
+	})
 }
 
 // ProbeTargets lists the addresses in the probe table's sets, sorted.
 func ProbeTargets(ns *podns.NS) ([]netip.Addr, error) {
-	if ns == nil {
-		return nil, errors.New("capture: probe snat: node network namespace is nil")
-	}
-	c, err := newNFT(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer c.CloseLasting()
 	var out []netip.Addr
-	v4, v6 := probeSets(probeTable())
-	for _, set := range []*nftables.Set{v4, v6} {
-		elems, err := c.GetSetElements(set)
-		if err != nil {
-			return nil, fmt.Errorf("capture: probe snat in %s: list set %s: %w", ns.Name(), set.Name, err)
-		}
-		for _, e := range elems {
-			if a, ok := netip.AddrFromSlice(e.Key); ok {
-				out = append(out, a)
+	err := probeConn(ns, func(c *nftables.Conn) error {
+		v4, v6 := probeSets(probeTable())
+		for _, set := range []*nftables.Set{v4, v6} {
+			elems, err := c.GetSetElements(set)
+			if err != nil {
+				return fmt.Errorf("list set %s: %w", set.Name, err)
+			}
+			for _, e := range elems {
+				if a, ok := netip.AddrFromSlice(e.Key); ok {
+					out = append(out, a)
+				}
 			}
 		}
-	}
+		return nil
+	})
 	slices.SortFunc(out, netip.Addr.Compare)
-	return out, nil
+	return out, err
 }
 
 // RemoveProbeSNAT deletes the probe table; an absent table is not an error.
 func RemoveProbeSNAT(ns *podns.NS) error {
+	return probeConn(ns, func(c *nftables.Conn) error {
+		t := probeTable()
+		c.AddTable(t)
+		c.DelTable(t)
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("delete table inet %s: %w", ProbeTableName, err)
+		}
+		return nil
+	})
+}
+
+// probeConn runs fn on an nftables connection in the node's namespace.
+func probeConn(ns *podns.NS, fn func(c *nftables.Conn) error) error {
 	if ns == nil {
 		return errors.New("capture: probe snat: node network namespace is nil")
 	}
 	c, err := newNFT(ns)
 	if err != nil {
-		return err
+		return fmt.Errorf("capture: probe snat: %w", err)
 	}
 	defer c.CloseLasting()
-	t := probeTable()
-	c.AddTable(t)
-	c.DelTable(t)
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("capture: probe snat in %s: delete table inet %s: %w", ns.Name(), ProbeTableName, err)
+	if err := fn(c); err != nil {
+		return fmt.Errorf("capture: probe snat in %s: %w", ns.Name(), err)
 	}
 	return nil
 }

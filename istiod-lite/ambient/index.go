@@ -227,7 +227,8 @@ const (
 
 // UpsertWaypoint records a waypoint Gateway and the traffic it handles
 // (empty means service, Istio's default). Services whose labels name a
-// waypoint that does not handle service traffic get no waypoint.
+// waypoint that does not handle service traffic get no waypoint; pods get
+// one only when it handles workload traffic (see workloadWaypoint).
 func (ix *Index) UpsertWaypoint(namespace, name, trafficFor string) Changes {
 	if trafficFor == "" {
 		trafficFor = WaypointForService
@@ -239,7 +240,7 @@ func (ix *Index) UpsertWaypoint(namespace, name, trafficFor string) Changes {
 		return Changes{}
 	}
 	ix.waypointFor[key] = trafficFor
-	return ix.recomputeAllServices()
+	return ix.recomputeWaypointUsers()
 }
 
 // DeleteWaypoint forgets a waypoint Gateway.
@@ -251,7 +252,7 @@ func (ix *Index) DeleteWaypoint(namespace, name string) Changes {
 		return Changes{}
 	}
 	delete(ix.waypointFor, key)
-	return ix.recomputeAllServices()
+	return ix.recomputeWaypointUsers()
 }
 
 // servesServices reports whether the waypoint namespace/name takes service
@@ -262,11 +263,21 @@ func (ix *Index) servesServices(namespace, name string) bool {
 	return !ok || t == WaypointForService || t == WaypointForAll
 }
 
-// recomputeAllServices recomputes every Service; waypoints change rarely.
-func (ix *Index) recomputeAllServices() Changes {
+// waypointTrafficFor returns the traffic type of a known waypoint.
+func (ix *Index) waypointTrafficFor(namespace, name string) (string, bool) {
+	t, ok := ix.waypointFor[nn{Namespace: namespace, Name: name}]
+	return t, ok
+}
+
+// recomputeWaypointUsers recomputes every Service and captured pod (their
+// waypoint depends on its traffic type); waypoints change rarely.
+func (ix *Index) recomputeWaypointUsers() Changes {
 	var b changeBuilder
 	for key := range ix.services {
 		ix.recomputeService(&b, key)
+	}
+	for key := range ix.pods {
+		ix.recomputePod(&b, key)
 	}
 	return b.changes()
 }
@@ -305,7 +316,7 @@ func (ix *Index) recomputePod(b *changeBuilder, key nn) {
 		return
 	}
 	nsLabels := ix.namespaces[pod.Namespace]
-	in := workloadInputs{namespaceLabels: nsLabels, services: ix.podServices(key)}
+	in := workloadInputs{namespaceLabels: nsLabels, services: ix.podServices(key), waypointFor: ix.waypointTrafficFor}
 	if IsCaptured(pod, nsLabels) {
 		in.policies = ix.podPolicies(pod)
 	}

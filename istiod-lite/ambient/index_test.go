@@ -547,3 +547,47 @@ func TestIndexConcurrentUse(t *testing.T) {
 		<-done
 	}
 }
+
+// Traffic addressed to a pod goes through the waypoint its own label names
+// (assumed to take workload traffic until its Gateway is known), or its
+// namespace's when that waypoint takes workload traffic; a waypoint's
+// traffic type changing recomputes the pods.
+func TestWorkloadWaypoint(t *testing.T) {
+	want := waypointAddress("wp", "ns", "cluster.local")
+	var none *workloadv1.GatewayAddress
+	nsLabels := map[string]string{LabelDataplaneMode: DataplaneModeAmbient, LabelUseWaypoint: "wp"}
+	ix := NewIndex(Options{})
+	ix.UpsertNamespace(namespace("ns", nsLabels))
+	waypointOf := func(c Changes, name string) *workloadv1.GatewayAddress {
+		t.Helper()
+		return workloadOf(t, c, uid("ns", name)).GetWaypoint()
+	}
+	// Namespace label, waypoint unknown (default traffic type: service).
+	mustEqualProto(t, "namespace label, unknown waypoint", waypointOf(ix.UpsertPod(pod("ns", "a", "10.0.0.1")), "a"), none)
+	// Own label, waypoint unknown: assumed.
+	mustEqualProto(t, "pod label, unknown waypoint", waypointOf(ix.UpsertPod(pod("ns", "b", "10.0.0.2", withLabels(LabelUseWaypoint, "wp"))), "b"), want)
+	// Opted out, and not captured: never.
+	mustEqualProto(t, "pod opts out", waypointOf(ix.UpsertPod(pod("ns", "c", "10.0.0.3", withLabels(LabelUseWaypoint, WaypointNone))), "c"), none)
+	mustEqualProto(t, "not captured", waypointOf(ix.UpsertPod(pod("ns", "d", "10.0.0.4", withLabels(LabelDataplaneMode, DataplaneModeNone, LabelUseWaypoint, "wp"))), "d"), none)
+
+	for _, st := range []struct {
+		trafficFor string
+		a, b       *workloadv1.GatewayAddress
+	}{
+		{WaypointForService, none, none},
+		{WaypointForWorkload, want, want},
+		{WaypointForAll, want, want},
+		{WaypointForNone, none, none},
+	} {
+		c := ix.UpsertWaypoint("ns", "wp", st.trafficFor)
+		for name, w := range map[string]*workloadv1.GatewayAddress{"a": st.a, "b": st.b} {
+			var got *workloadv1.GatewayAddress
+			if a := c.Addresses[uid("ns", name)]; a != nil {
+				got = a.GetWorkload().GetWaypoint()
+			} else {
+				got = ix.Address(uid("ns", name)).GetWorkload().GetWaypoint()
+			}
+			mustEqualProto(t, fmt.Sprintf("%s with traffic type %q", name, st.trafficFor), got, w)
+		}
+	}
+}

@@ -136,6 +136,9 @@ type workloadInputs struct {
 	// policies: sorted names of the WORKLOAD_SELECTOR Authorizations that
 	// apply to the pod.
 	policies []string
+	// waypointFor returns a waypoint Gateway's traffic type, and whether
+	// the Gateway is known; nil: no workload waypoints.
+	waypointFor func(namespace, name string) (string, bool)
 }
 
 // buildWorkload translates a pod. It returns nil for a pod that is no
@@ -168,16 +171,43 @@ func buildWorkload(o Options, pod *corev1.Pod, in workloadInputs) *workloadv1.Wo
 	w.CanonicalName, w.CanonicalRevision = CanonicalService(pod.Labels, w.WorkloadName)
 	if IsCaptured(pod, in.namespaceLabels) {
 		w.TunnelProtocol = workloadv1.TunnelProtocol_HBONE
-		// Only captured workloads can be sent through a waypoint, and only
-		// by their own label: a namespace's waypoint applies to its
-		// services (Istio's default "service" traffic type).
-		w.Waypoint, _ = waypointFromLabels(pod.Labels, pod.Namespace, o.DomainSuffix)
+		// Only captured workloads can be sent through a waypoint.
+		w.Waypoint = workloadWaypoint(o, pod, in)
 		// Policies are enforced by the destination's ztunnel, so they only
 		// mean something on captured workloads; listing them on others
 		// would only cause churn.
 		w.AuthorizationPolicies = in.policies
 	}
 	return w
+}
+
+// workloadWaypoint is the waypoint for traffic addressed to the pod
+// itself (its IP, or a Service without a waypoint of its own): the one its
+// own istio.io/use-waypoint names, else its namespace's, if that waypoint
+// takes workload traffic (istio.io/waypoint-for workload or all). A
+// waypoint named on the pod that is not known yet is assumed to, so its
+// policies are never skipped; a namespace's is not (most namespace
+// waypoints are for services, Istio's default). "none" on the pod opts
+// out.
+func workloadWaypoint(o Options, pod *corev1.Pod, in workloadInputs) *workloadv1.GatewayAddress {
+	gw, set := waypointFromLabels(pod.Labels, pod.Namespace, o.DomainSuffix)
+	explicit := set
+	if !set {
+		gw, _ = waypointFromLabels(in.namespaceLabels, pod.Namespace, o.DomainSuffix)
+	}
+	h := gw.GetHostname()
+	if h == nil {
+		return nil
+	}
+	if in.waypointFor == nil {
+		return nil
+	}
+	name, _, _ := strings.Cut(h.GetHostname(), ".")
+	switch t, known := in.waypointFor(h.GetNamespace(), name); {
+	case !known && explicit, t == WaypointForWorkload, t == WaypointForAll:
+		return gw
+	}
+	return nil
 }
 
 // buildService translates a Service. It returns nil for a Service that is

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -35,7 +34,9 @@ func (r *Router) Route(_ *proxy.Pod, dst netip.AddrPort) (proxy.Route, error) {
 		svc := d.Service
 		key := svc.GetNamespace() + "/" + svc.GetHostname()
 		if wp := svc.GetWaypoint(); wp != nil {
-			return r.viaWaypoint(wp, dst, key)
+			rt, err := r.viaWaypoint(wp, dst, "service "+key)
+			rt.Service = key
+			return rt, err
 		}
 		t, err := r.Balancer.Pick(key, dst.Port())
 		if err != nil {
@@ -45,9 +46,17 @@ func (r *Router) Route(_ *proxy.Pod, dst netip.AddrPort) (proxy.Route, error) {
 		if !ok {
 			return proxy.Route{}, fmt.Errorf("service %s: endpoint %s has no address", key, t.Workload.GetUid())
 		}
+		target := netip.AddrPortFrom(ip, t.Port)
+		if wp := r.workloadWaypoint(t.Workload); wp != nil {
+			// The chosen endpoint's own waypoint, addressed to the
+			// endpoint (as Istio does when the Service has none).
+			rt, err := r.viaWaypoint(wp, target, "workload "+t.Workload.GetUid())
+			rt.Service, rt.DestinationWorkload, rt.DestinationNS = key, t.Workload.GetWorkloadName(), t.Workload.GetNamespace()
+			return rt, err
+		}
 		uid := t.Workload.GetUid()
 		r.Balancer.Acquire(uid)
-		rt, err := r.toWorkload(t.Workload, netip.AddrPortFrom(ip, t.Port))
+		rt, err := r.toWorkload(t.Workload, target)
 		if err != nil {
 			r.Balancer.Release(uid)
 			return proxy.Route{}, err
@@ -56,6 +65,11 @@ func (r *Router) Route(_ *proxy.Pod, dst netip.AddrPort) (proxy.Route, error) {
 		rt.Done = func() { r.Balancer.Release(uid) }
 		return rt, nil
 	case d.Workload != nil:
+		if wp := r.workloadWaypoint(d.Workload); wp != nil {
+			rt, err := r.viaWaypoint(wp, dst, "workload "+d.Workload.GetUid())
+			rt.DestinationWorkload, rt.DestinationNS = d.Workload.GetWorkloadName(), d.Workload.GetNamespace()
+			return rt, err
+		}
 		return r.toWorkload(d.Workload, dst)
 	default:
 		// Not in the mesh's view (outside the cluster, or not yet known):
@@ -78,10 +92,22 @@ func (r *Router) toWorkload(w *workloadv1.Workload, target netip.AddrPort) (prox
 	return rt, nil
 }
 
-// viaWaypoint sends the connection to the Service's waypoint over HBONE,
-// keeping the VIP as the target so the waypoint applies the Service's
-// routes. istiod-lite names the waypoint by its Service's hostname (as
-// Istio does); an address may be the waypoint pod itself or a VIP.
+// workloadWaypoint is the waypoint of traffic addressed to w: istiod-lite
+// sets it only on captured workloads whose waypoint takes workload
+// traffic.
+func (r *Router) workloadWaypoint(w *workloadv1.Workload) *workloadv1.GatewayAddress {
+	if w.GetTunnelProtocol() != workloadv1.TunnelProtocol_HBONE {
+		return nil
+	}
+	return w.GetWaypoint()
+}
+
+// viaWaypoint sends the connection to a waypoint over HBONE, keeping dst
+// (a Service VIP, or a workload's address) as the target, so the waypoint
+// applies that Service's routes or that workload's policies. istiod-lite
+// names the waypoint by its Service's hostname (as Istio does); an address
+// may be the waypoint pod itself or a VIP. key names what is routed, for
+// errors.
 func (r *Router) viaWaypoint(wp *workloadv1.GatewayAddress, dst netip.AddrPort, key string) (proxy.Route, error) {
 	port := uint16(wp.GetHboneMtlsPort())
 	if port == 0 {
@@ -92,12 +118,12 @@ func (r *Router) viaWaypoint(wp *workloadv1.GatewayAddress, dst netip.AddrPort, 
 	case wp.GetHostname() != nil:
 		h := wp.GetHostname()
 		if wsvc = r.Store.ServiceByHostname(h.GetNamespace(), h.GetHostname()); wsvc == nil {
-			return proxy.Route{}, fmt.Errorf("service %s: waypoint %s/%s is not known (yet)", key, h.GetNamespace(), h.GetHostname())
+			return proxy.Route{}, fmt.Errorf("%s: waypoint %s/%s is not known (yet)", key, h.GetNamespace(), h.GetHostname())
 		}
 	case wp.GetAddress() != nil:
 		ip, ok := netip.AddrFromSlice(wp.GetAddress().GetAddress())
 		if !ok {
-			return proxy.Route{}, fmt.Errorf("service %s: waypoint address is malformed", key)
+			return proxy.Route{}, fmt.Errorf("%s: waypoint address is malformed", key)
 		}
 		ip = ip.Unmap()
 		if w := r.Store.WorkloadByIP(r.Network, ip); w != nil {
@@ -105,23 +131,23 @@ func (r *Router) viaWaypoint(wp *workloadv1.GatewayAddress, dst netip.AddrPort, 
 			if err != nil {
 				return proxy.Route{}, err
 			}
-			return proxy.Route{HBONE: true, Waypoint: true, Target: dst, Proxy: netip.AddrPortFrom(ip, port), Identity: id, Service: key}, nil
+			return proxy.Route{HBONE: true, Waypoint: true, Target: dst, Proxy: netip.AddrPortFrom(ip, port), Identity: id}, nil
 		}
 		if wsvc = r.Store.ServiceByIP(r.Network, ip); wsvc == nil {
-			return proxy.Route{}, fmt.Errorf("service %s: waypoint %s is not a known workload or service", key, ip)
+			return proxy.Route{}, fmt.Errorf("%s: waypoint %s is not a known workload or service", key, ip)
 		}
 	default:
-		return proxy.Route{}, fmt.Errorf("service %s: waypoint has no address", key)
+		return proxy.Route{}, fmt.Errorf("%s: waypoint has no address", key)
 	}
 	// Whatever name the waypoint is reached by, its endpoints are workloads.
 	wkey := wsvc.GetNamespace() + "/" + wsvc.GetHostname()
 	t, err := r.Balancer.Pick(wkey, port)
 	if err != nil {
-		return proxy.Route{}, fmt.Errorf("service %s: waypoint: %w", key, err)
+		return proxy.Route{}, fmt.Errorf("%s: waypoint: %w", key, err)
 	}
 	wip, ok := firstAddr(t.Workload)
 	if !ok {
-		return proxy.Route{}, errors.New("waypoint endpoint has no address")
+		return proxy.Route{}, fmt.Errorf("%s: waypoint endpoint has no address", key)
 	}
 	id, err := workloadIdentity(t.Workload, r.TrustDomain)
 	if err != nil {
@@ -130,7 +156,7 @@ func (r *Router) viaWaypoint(wp *workloadv1.GatewayAddress, dst netip.AddrPort, 
 	uid := t.Workload.GetUid()
 	r.Balancer.Acquire(uid)
 	return proxy.Route{
-		HBONE: true, Waypoint: true, Target: dst, Proxy: netip.AddrPortFrom(wip, t.Port), Identity: id, Service: key,
+		HBONE: true, Waypoint: true, Target: dst, Proxy: netip.AddrPortFrom(wip, t.Port), Identity: id,
 		Done: func() { r.Balancer.Release(uid) },
 	}, nil
 }

@@ -147,3 +147,49 @@ func TestRouteViaWaypoint(t *testing.T) {
 		t.Errorf("waypoint in flight %d after Done, want 0", n)
 	}
 }
+
+// A workload with a waypoint (one that takes workload traffic) is reached
+// through it, addressed by the workload's own ip:port: directly, and as the
+// chosen endpoint of a Service without a waypoint of its own.
+func TestRouteViaWorkloadWaypoint(t *testing.T) {
+	r, st := newRouter(t)
+	wpHost := "waypoint.apps.svc.cluster.local"
+	gw := &workloadv1.GatewayAddress{HboneMtlsPort: 15008, Destination: &workloadv1.GatewayAddress_Hostname{
+		Hostname: &workloadv1.NamespacedHostname{Namespace: "apps", Hostname: wpHost}}}
+	wpPorts := map[string]*workloadv1.PortList{"apps/" + wpHost: {Ports: []*workloadv1.Port{{ServicePort: 15008, TargetPort: 15008}}}}
+	web := wl("web-1", "apps", "web", "10.244.1.5", true,
+		map[string]*workloadv1.PortList{"apps/web.apps.svc.cluster.local": {Ports: []*workloadv1.Port{{ServicePort: 80, TargetPort: 8080}}}})
+	web.GetWorkload().Waypoint, web.GetWorkload().WorkloadName = gw, "web"
+	// Not captured: a waypoint on it means nothing (istiod-lite never sets
+	// one), it stays plain TCP.
+	legacy := wl("legacy-1", "legacy", "", "10.244.2.9", false, nil)
+	legacy.GetWorkload().Waypoint = gw
+	if err := st.Handle(workloadv1.AddressTypeURL, []*discovery.Resource{
+		resource(t, "web-1", web), resource(t, "legacy-1", legacy),
+		resource(t, "apps/"+wpHost, &workloadv1.Address{Type: &workloadv1.Address_Service{Service: &workloadv1.Service{
+			Name: "waypoint", Namespace: "apps", Hostname: wpHost,
+			Addresses: []*workloadv1.NetworkAddress{{Address: netip.MustParseAddr("10.96.0.60").AsSlice()}},
+			Ports:     []*workloadv1.Port{{ServicePort: 15008, TargetPort: 15008}},
+		}}}),
+		resource(t, "waypoint-1", wl("waypoint-1", "apps", "waypoint", "10.244.1.30", false, wpPorts)),
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	wpID, _ := identity.New("cluster.local", "apps", "waypoint")
+	for _, dst := range []string{"10.244.1.5:8080", "10.96.0.50:80"} {
+		rt, err := r.Route(nil, netip.MustParseAddrPort(dst))
+		if err != nil {
+			t.Fatalf("%s: %v", dst, err)
+		}
+		if !rt.HBONE || !rt.Waypoint || rt.Proxy != netip.MustParseAddrPort("10.244.1.30:15008") ||
+			rt.Target != netip.MustParseAddrPort("10.244.1.5:8080") || rt.Identity != wpID || rt.DestinationWorkload != "web" {
+			t.Errorf("%s: route %+v, want HBONE to the waypoint for 10.244.1.5:8080", dst, rt)
+		}
+		if rt.Done != nil {
+			rt.Done()
+		}
+	}
+	if rt, err := r.Route(nil, netip.MustParseAddrPort("10.244.2.9:80")); err != nil || rt.HBONE || rt.Waypoint {
+		t.Errorf("uncaptured workload: %+v, %v", rt, err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	workloadv1 "github.com/ambit-mesh/ambit/apis/workload/v1"
 	"github.com/ambit-mesh/ambit/pkg/identity"
@@ -30,7 +31,8 @@ func compileCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		return out, nil
 	}
 	path := fmt.Sprintf("cluster %q", c.GetName())
-	// Accepted without effect: metadata, circuit_breakers other than
+	// Accepted without effect: metadata (but ambit.destinations, see
+	// compileDestinations), circuit_breakers other than
 	// max_retries (no connection or request limits), the HTTP protocol options (the upstream protocol follows
 	// the downstream one, as use_downstream_protocol_config says) and the
 	// transport socket matches (an endpoint's address decides HBONE).
@@ -82,6 +84,11 @@ func compileCluster(c *clusterv3.Cluster) (*Cluster, error) {
 			out.HealthyPanicThreshold = t.GetValue()
 		}
 	}
+	dests, err := compileDestinations(path, c.GetMetadata())
+	if err != nil {
+		return nil, err
+	}
+	out.Destinations = dests
 	if od := c.GetOutlierDetection(); od != nil {
 		o, err := compileOutlier(path+".outlier_detection", od)
 		if err != nil {
@@ -146,6 +153,7 @@ func compileAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error
 		return nil, fmt.Errorf("invalid: %w", err)
 	}
 	var out []Endpoint
+	origPath := "" // the first original-destination endpoint
 	for i, lle := range cla.GetEndpoints() {
 		for j, lb := range lle.GetLbEndpoints() {
 			path := fmt.Sprintf("endpoints[%d].lb_endpoints[%d]", i, j)
@@ -178,6 +186,14 @@ func compileAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error
 				if ia.GetServerListenerName() != ConnectOriginate {
 					return nil, fmt.Errorf("%s: internal address for listener %q (only %s)", path, ia.GetServerListenerName(), ConnectOriginate)
 				}
+				if ia.GetEndpointId() == "" {
+					// The original destination (Istio's "encap" cluster).
+					e.OriginalDst, e.HBONE = true, true
+					if origPath == "" {
+						origPath = path
+					}
+					break
+				}
 				ap, err := netip.ParseAddrPort(ia.GetEndpointId())
 				if err != nil {
 					return nil, fmt.Errorf("%s: endpoint_id %q: %w", path, ia.GetEndpointId(), err)
@@ -197,6 +213,73 @@ func compileAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error
 			e.Workload, e.Namespace = md["workload"].GetStringValue(), md["namespace"].GetStringValue()
 			out = append(out, e)
 		}
+	}
+	// The original destination stands for every destination: mixed with
+	// other endpoints, load balancing would send streams to hosts that are
+	// not their target.
+	if origPath != "" && len(out) > 1 {
+		return nil, fmt.Errorf("%s: an original-destination endpoint (%s without endpoint_id) must be the only endpoint, not one of %d",
+			origPath, ConnectOriginate, len(out))
+	}
+	return out, nil
+}
+
+// compileDestinations reads an original-destination cluster's
+// filter_metadata ambit.destinations: a list of structs with the string
+// fields address (an IP), identity (a SPIFFE id), workload and namespace.
+// Other fields are ignored; a malformed entry refuses the cluster.
+func compileDestinations(path string, md *corev3.Metadata) (map[netip.Addr]Destination, error) {
+	v, ok := md.GetFilterMetadata()["ambit"].GetFields()["destinations"]
+	if !ok {
+		return nil, nil
+	}
+	path += `.metadata.filter_metadata["ambit"].destinations`
+	list := v.GetListValue()
+	if list == nil {
+		return nil, fmt.Errorf("%s: not a list", path)
+	}
+	out := make(map[netip.Addr]Destination, len(list.GetValues()))
+	for i, item := range list.GetValues() {
+		ipath := fmt.Sprintf("%s[%d]", path, i)
+		st := item.GetStructValue()
+		if st == nil {
+			return nil, fmt.Errorf("%s: not a struct", ipath)
+		}
+		str := func(name string) (string, error) {
+			f, ok := st.GetFields()[name]
+			if !ok {
+				return "", nil
+			}
+			if _, isStr := f.GetKind().(*structpb.Value_StringValue); !isStr {
+				return "", fmt.Errorf("%s.%s: not a string", ipath, name)
+			}
+			return f.GetStringValue(), nil
+		}
+		var d Destination
+		var addr, id string
+		var err error
+		for _, f := range []struct {
+			name string
+			dst  *string
+		}{{"address", &addr}, {"identity", &id}, {"workload", &d.Workload}, {"namespace", &d.Namespace}} {
+			if *f.dst, err = str(f.name); err != nil {
+				return nil, err
+			}
+		}
+		ip, err := netip.ParseAddr(addr)
+		if err != nil || ip.Zone() != "" {
+			return nil, fmt.Errorf("%s.address: %q is not an IP address", ipath, addr)
+		}
+		ip = ip.Unmap()
+		if id != "" {
+			if d.Identity, err = identity.Parse(id); err != nil {
+				return nil, fmt.Errorf("%s.identity: %w", ipath, err)
+			}
+		}
+		if prev, dup := out[ip]; dup && prev != d {
+			return nil, fmt.Errorf("%s: %s is listed twice with different identities or workloads", ipath, ip)
+		}
+		out[ip] = d
 	}
 	return out, nil
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -21,6 +22,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/waypoint/router"
 )
 
 func res(t *testing.T, name string, m proto.Message) *discovery.Resource {
@@ -225,5 +229,131 @@ func TestClustersAndEndpoints(t *testing.T) {
 	hb.GetEndpoint().GetAddress().GetEnvoyInternalAddress().EndpointId = "not-an-address"
 	if err := s.Handle(resourcev3.EndpointType, []*discovery.Resource{res(t, "svc-a", cla)}, nil); err == nil {
 		t.Error("bad endpoint_id accepted")
+	}
+}
+
+// encapCluster is the original-destination cluster istiod-lite sends for
+// workload-addressed traffic (Istio's "encap").
+func encapCluster(t *testing.T, dests ...any) *clusterv3.Cluster {
+	t.Helper()
+	md, err := structpb.NewStruct(map[string]any{"destinations": dests})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_EnvoyInternalAddress{
+		EnvoyInternalAddress: &corev3.EnvoyInternalAddress{AddressNameSpecifier: &corev3.EnvoyInternalAddress_ServerListenerName{ServerListenerName: ConnectOriginate}}}}}}}
+	return &clusterv3.Cluster{Name: "encap", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout: durationpb.New(10 * time.Second),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: "encap", Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{orig}}}},
+		Metadata:       &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"ambit": md}}}
+}
+
+func dest(addr, id string) map[string]any {
+	return map[string]any{"address": addr, "identity": id, "workload": "echo", "namespace": "x"}
+}
+
+func TestOriginalDstCluster(t *testing.T) {
+	s := NewStore(nil, nil)
+	c := encapCluster(t, dest("10.244.1.8", "spiffe://cluster.local/ns/x/sa/y"), dest("fd00::8", "spiffe://cluster.local/ns/x/sa/z"),
+		map[string]any{"address": "::ffff:10.244.1.9", "workload": "no-identity"})
+	if err := s.Handle(resourcev3.ClusterType, []*discovery.Resource{res(t, "encap", c)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := s.Snapshot().Clusters["encap"]
+	if got == nil || got.EDS || len(got.Static) != 1 || !got.Static[0].OriginalDst || !got.Static[0].HBONE || got.Static[0].Address.IsValid() ||
+		got.LeastRequest || got.ConnectTimeout != 10*time.Second {
+		t.Fatalf("encap cluster: %+v", got)
+	}
+	want := map[netip.Addr]Destination{
+		netip.MustParseAddr("10.244.1.8"): {Identity: identity.Identity{TrustDomain: "cluster.local", Namespace: "x", ServiceAccount: "y"}, Workload: "echo", Namespace: "x"},
+		netip.MustParseAddr("fd00::8"):    {Identity: identity.Identity{TrustDomain: "cluster.local", Namespace: "x", ServiceAccount: "z"}, Workload: "echo", Namespace: "x"},
+		netip.MustParseAddr("10.244.1.9"): {Workload: "no-identity"},
+	}
+	if !maps.Equal(got.Destinations, want) {
+		t.Errorf("destinations: %v, want %v", got.Destinations, want)
+	}
+
+	mixed := proto.Clone(c).(*clusterv3.Cluster)
+	lle := mixed.GetLoadAssignment().GetEndpoints()[0]
+	lle.LbEndpoints = append(lle.LbEndpoints, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+		SocketAddress: &corev3.SocketAddress{Address: "10.0.0.9", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 80}}}}}}})
+	for _, tc := range []struct {
+		name string
+		c    *clusterv3.Cluster
+		want string
+	}{
+		{"bad address", encapCluster(t, dest("10.244.1.300", "spiffe://cluster.local/ns/x/sa/y")), `destinations[0].address: "10.244.1.300" is not an IP address`},
+		{"address with a port", encapCluster(t, dest("10.244.1.8:80", "spiffe://cluster.local/ns/x/sa/y")), `destinations[0].address`},
+		{"no address", encapCluster(t, map[string]any{"identity": "spiffe://cluster.local/ns/x/sa/y"}), `destinations[0].address: "" is not an IP address`},
+		{"bad identity", encapCluster(t, dest("10.244.1.8", "spiffe://cluster.local/ns/x/sa/y"), dest("10.244.1.9", "spiffe://cluster.local/x/y")), `destinations[1].identity`},
+		{"address not a string", encapCluster(t, map[string]any{"address": 10}), `destinations[0].address: not a string`},
+		{"workload not a string", encapCluster(t, map[string]any{"address": "10.244.1.8", "workload": true}), `destinations[0].workload: not a string`},
+		{"entry not a struct", encapCluster(t, "10.244.1.8"), `destinations[0]: not a struct`},
+		{"conflicting duplicate", encapCluster(t, dest("10.244.1.8", "spiffe://cluster.local/ns/x/sa/y"), dest("10.244.1.8", "spiffe://cluster.local/ns/x/sa/z")), `destinations[1]: 10.244.1.8 is listed twice`},
+		{"mixed endpoints", mixed, `load_assignment: endpoints[0].lb_endpoints[0]: an original-destination endpoint`},
+	} {
+		err := s.Handle(resourcev3.ClusterType, []*discovery.Resource{res(t, "encap", tc.c)}, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), `cluster "encap"`) {
+			t.Errorf("%s: error %v, want one naming %q", tc.name, err, tc.want)
+		}
+	}
+	if !maps.Equal(s.Snapshot().Clusters["encap"].Destinations, want) {
+		t.Error("a refused update changed the cluster")
+	}
+	notList := encapCluster(t)
+	notList.GetMetadata().GetFilterMetadata()["ambit"].GetFields()["destinations"] = structpb.NewStringValue("10.244.1.8")
+	if err := s.Handle(resourcev3.ClusterType, []*discovery.Resource{res(t, "encap", notList)}, nil); err == nil || !strings.Contains(err.Error(), "destinations: not a list") {
+		t.Errorf("destinations not a list: %v", err)
+	}
+	// An identical duplicate is harmless.
+	dup := encapCluster(t, dest("10.244.1.8", "spiffe://cluster.local/ns/x/sa/y"), dest("10.244.1.8", "spiffe://cluster.local/ns/x/sa/y"))
+	if err := s.Handle(resourcev3.ClusterType, []*discovery.Resource{res(t, "encap", dup)}, nil); err != nil || len(s.Snapshot().Clusters["encap"].Destinations) != 1 {
+		t.Errorf("identical duplicate: %v", err)
+	}
+}
+
+// TestDirectChains: the chains for workload-addressed traffic (Istio's
+// direct-http and direct-tcp: the served pods' IPs, no port, an inline
+// route to "encap") serve a pod IP on a port without port-specific
+// chains. On a port that has some, Envoy does not fall back to chains
+// without a port (FilterChainManagerImpl::findFilterChain: the default
+// chain), and neither does the waypoint.
+func TestDirectChains(t *testing.T) {
+	routerF := &hcmv3.HttpFilter{Name: "router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: anyOf(t, &routerv3.Router{})}}
+	inline := &hcmv3.HttpConnectionManager{StatPrefix: "direct-http", HttpFilters: []*hcmv3.HttpFilter{routerF},
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: "encap", VirtualHosts: []*routev3.VirtualHost{{
+			Name: "encap", Domains: []string{"*"}, Routes: []*routev3.Route{{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "encap"}, Timeout: durationpb.New(0)}}}}}}}}}
+	pods := []*corev3.CidrRange{{AddressPrefix: "10.244.1.8", PrefixLen: wrapperspb.UInt32(32)}, {AddressPrefix: "fd00::8", PrefixLen: wrapperspb.UInt32(128)}}
+	directHTTP := hcmChain(t, "direct-http", 0, []string{"http/1.1", "h2c"}, inline)
+	directHTTP.FilterChainMatch.DestinationPort = nil
+	directHTTP.FilterChainMatch.PrefixRanges = pods
+	directTCP := tcpChain(t, "direct-tcp", 0)
+	directTCP.FilterChainMatch.PrefixRanges = pods
+	l := listener(tcpChain(t, "vip-80", 80, "10.96.0.10/32"), directHTTP, directTCP)
+	l.DefaultFilterChain = &listenerv3.FilterChain{Name: "default", Filters: tcpChain(t, "default", 0).Filters}
+	s := NewStore(nil, nil)
+	if err := s.Handle(resourcev3.ListenerType, []*discovery.Resource{res(t, MainInternal, l)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	snap := s.Snapshot()
+	for _, target := range []string{"10.244.1.8:8080", "[fd00::8]:9090", "10.244.1.8:1"} {
+		chains := snap.Match(netip.MustParseAddrPort(target))
+		if len(chains) != 2 || !NeedsDetection(chains) {
+			t.Fatalf("%s: %d chains", target, len(chains))
+		}
+		h, tcp := Select(chains, "http/1.1"), Select(chains, "")
+		if h.Name != "direct-http" || h.HTTP == nil || tcp.Name != "direct-tcp" || tcp.TCP == nil || tcp.TCP.Cluster != "direct-tcp" {
+			t.Fatalf("%s: %s, %s", target, h.Name, tcp.Name)
+		}
+		d, ok := h.HTTP.Inline.Route(&router.Request{Authority: "10.244.1.8:8080", Method: "GET", Path: "/x", Scheme: "http"})
+		if !ok || d.Cluster != "encap" || d.Timeout != 0 {
+			t.Errorf("%s: inline route: %+v %v", target, d, ok)
+		}
+	}
+	for target, want := range map[string]string{"10.244.1.9:8080": "default", "10.244.1.8:80": "default", "10.96.0.10:80": "vip-80"} {
+		if got := snap.Match(netip.MustParseAddrPort(target)); len(got) != 1 || got[0].Name != want {
+			t.Errorf("%s: %d chains, want %s", target, len(got), want)
+		}
 	}
 }

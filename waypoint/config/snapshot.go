@@ -138,6 +138,19 @@ type Cluster struct {
 	// Service is the host part of an Istio cluster name
 	// (outbound|<port>||<host>), for metrics; "" otherwise.
 	Service string
+	// Destinations are who an original-destination cluster (Istio's
+	// "encap": its one endpoint is connect_originate without endpoint_id)
+	// may reach, by IP (filter_metadata ambit.destinations). A target whose
+	// IP is not here is refused; nil when the metadata is absent.
+	Destinations map[netip.Addr]Destination
+}
+
+// Destination is one workload an original-destination cluster may reach.
+type Destination struct {
+	// Identity the workload must prove over HBONE; zero when absent.
+	Identity  identity.Identity
+	Workload  string
+	Namespace string
 }
 
 // Outlier is a cluster's outlier detection.
@@ -159,6 +172,12 @@ type Endpoint struct {
 	Address netip.AddrPort
 	// HBONE endpoints are reached by an HBONE CONNECT to <ip>:15008.
 	HBONE bool
+	// OriginalDst is an internal address for connect_originate without
+	// endpoint_id: Envoy's connect_originate tunnels to the downstream's
+	// original destination. Address is zero; each stream's target is the
+	// host (HBONE to <target ip>:15008, among the cluster's Destinations).
+	// It is always its assignment's only endpoint.
+	OriginalDst bool
 	// Identity the HBONE endpoint must prove (filter_metadata
 	// ambit.identity); zero when absent.
 	Identity  identity.Identity

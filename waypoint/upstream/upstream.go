@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,17 @@ const HBONEPort = 15008
 
 // ErrNoHealthyHost is returned by Pick when a cluster has no host to use.
 var ErrNoHealthyHost = errors.New("no healthy upstream host")
+
+// ErrUnknownDestination is returned by PickFor when the target's IP is not
+// among an original-destination cluster's destinations (the waypoint never
+// dials an address its configuration does not name). It is an
+// ErrNoHealthyHost (503 UH, not retried).
+var ErrUnknownDestination = fmt.Errorf("%w: not a destination of the cluster", ErrNoHealthyHost)
+
+// maxOriginalDstHosts bounds an original-destination cluster's cached
+// hosts (one per target used); beyond it, hosts with nothing in flight are
+// released.
+const maxOriginalDstHosts = 4096
 
 // Options configure a Manager.
 type Options struct {
@@ -124,11 +136,20 @@ type Cluster struct {
 	retries atomic.Int64 // retries in flight
 
 	ejMu sync.Mutex // serialises ejection decisions (max_ejection_percent)
+
+	// An original-destination cluster's hosts, one per target, made by
+	// PickFor. omu also orders set's state swaps with PickFor, so no host
+	// is cached for a destination an update has removed.
+	omu  sync.RWMutex
+	orig map[netip.AddrPort]*Host
 }
 
 type clusterState struct {
 	cfg   *config.Cluster
 	hosts []*Host
+	// originalDst: the cluster's one endpoint is each stream's original
+	// destination (hosts is empty; see PickFor).
+	originalDst bool
 }
 
 // hostKey identifies a host across updates; a host whose metadata changes
@@ -141,10 +162,21 @@ type hostKey struct {
 }
 
 func (c *Cluster) set(cfg *config.Cluster, eps []config.Endpoint) {
+	c.omu.Lock()
+	defer c.omu.Unlock()
 	var oldHosts []*Host
 	if st := c.st.Load(); st != nil {
 		oldHosts = st.hosts
 	}
+	if cfg != nil && len(eps) == 1 && eps[0].OriginalDst {
+		for _, h := range oldHosts {
+			h.closeIdle()
+		}
+		c.st.Store(&clusterState{cfg: cfg, originalDst: true})
+		c.pruneOriginalDst(cfg.Destinations)
+		return
+	}
+	c.pruneOriginalDst(nil)
 	byKey := make(map[hostKey]*Host, len(oldHosts))
 	for _, h := range oldHosts {
 		byKey[h.key] = h
@@ -152,6 +184,9 @@ func (c *Cluster) set(cfg *config.Cluster, eps []config.Endpoint) {
 	var hosts []*Host
 	seen := map[hostKey]bool{}
 	for _, ep := range eps {
+		if ep.OriginalDst {
+			continue // only alone (config refuses it mixed), above
+		}
 		k := hostKey{ep.Address, ep.HBONE, ep.Identity, ep.Workload, ep.Namespace}
 		if seen[k] {
 			continue
@@ -175,6 +210,22 @@ func (c *Cluster) set(cfg *config.Cluster, eps []config.Endpoint) {
 	c.st.Store(&clusterState{cfg: cfg, hosts: hosts})
 }
 
+// pruneOriginalDst drops the cached original-destination hosts whose
+// destination is gone or changed (all of them for nil), closing their
+// idle connections. c.omu is held.
+func (c *Cluster) pruneOriginalDst(dests map[netip.Addr]config.Destination) {
+	for target, h := range c.orig {
+		if d, ok := dests[target.Addr()]; !ok || h.key != originalDstKey(target, d) {
+			delete(c.orig, target)
+			h.closeIdle()
+		}
+	}
+}
+
+func originalDstKey(target netip.AddrPort, d config.Destination) hostKey {
+	return hostKey{addr: target, hbone: true, identity: d.Identity, workload: d.Workload, namespace: d.Namespace}
+}
+
 // Name is the cluster's name.
 func (c *Cluster) Name() string { return c.name }
 
@@ -194,14 +245,90 @@ func (c *Cluster) BeginRetry() (end func(), ok bool) {
 // Config is the cluster's current configuration.
 func (c *Cluster) Config() *config.Cluster { return c.st.Load().cfg }
 
-// Hosts lists the current hosts.
-func (c *Cluster) Hosts() []*Host { return c.st.Load().hosts }
+// Hosts lists the current hosts (for an original-destination cluster, the
+// targets it has been used for).
+func (c *Cluster) Hosts() []*Host {
+	if st := c.st.Load(); !st.originalDst {
+		return st.hosts
+	}
+	c.omu.RLock()
+	defer c.omu.RUnlock()
+	out := make([]*Host, 0, len(c.orig))
+	for _, h := range c.orig {
+		out = append(out, h)
+	}
+	slices.SortFunc(out, func(a, b *Host) int { return a.key.addr.Compare(b.key.addr) })
+	return out
+}
+
+// PickFor chooses a host for a stream to target (its CONNECT authority).
+// For an original-destination cluster the host is the target itself, if
+// its IP is one of the cluster's destinations (else ErrUnknownDestination):
+// HBONE to <ip>:15008 requiring the destination's identity, the same *Host
+// for every stream to that target while the destination stays. Other
+// clusters ignore target: see Pick. An original-destination cluster has one
+// candidate, so avoid does not apply to it, nor ejection (as panic mode
+// would use the only host anyway).
+func (c *Cluster) PickFor(target netip.AddrPort, avoid []*Host) (*Host, error) {
+	if st := c.st.Load(); !st.originalDst {
+		return c.pick(st, avoid)
+	}
+	target = netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
+	c.omu.RLock()
+	st := c.st.Load()
+	d, ok := st.cfg.Destinations[target.Addr()]
+	h := c.orig[target]
+	c.omu.RUnlock()
+	if !st.originalDst {
+		return c.pick(st, avoid) // changed in between
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: %s (cluster %q)", ErrUnknownDestination, target, c.name)
+	}
+	if h != nil {
+		return h, nil
+	}
+	c.omu.Lock()
+	defer c.omu.Unlock()
+	// Again under the write lock: an update may have come in between.
+	st = c.st.Load()
+	if !st.originalDst {
+		return c.pick(st, avoid)
+	}
+	if d, ok = st.cfg.Destinations[target.Addr()]; !ok {
+		return nil, fmt.Errorf("%w: %s (cluster %q)", ErrUnknownDestination, target, c.name)
+	}
+	if h = c.orig[target]; h != nil {
+		return h, nil
+	}
+	if len(c.orig) >= maxOriginalDstHosts {
+		for t, x := range c.orig {
+			if x.Active() == 0 {
+				delete(c.orig, t)
+				x.closeIdle()
+			}
+		}
+	}
+	if c.orig == nil {
+		c.orig = map[netip.AddrPort]*Host{}
+	}
+	h = &Host{c: c, key: originalDstKey(target, d), Workload: d.Workload, Namespace: d.Namespace}
+	c.orig[target] = h
+	return h, nil
+}
 
 // Pick chooses a host: among the hosts not ejected (all of them when fewer
 // than healthy_panic_threshold percent are healthy), avoiding the ones in
-// avoid when possible (the previous_hosts retry predicate).
+// avoid when possible (the previous_hosts retry predicate). An
+// original-destination cluster needs the stream's target: PickFor.
 func (c *Cluster) Pick(avoid []*Host) (*Host, error) {
-	st := c.st.Load()
+	return c.pick(c.st.Load(), avoid)
+}
+
+func (c *Cluster) pick(st *clusterState, avoid []*Host) (*Host, error) {
+	if st.originalDst {
+		return nil, fmt.Errorf("%w: cluster %q goes to the original destination and needs a target", ErrNoHealthyHost, c.name)
+	}
 	if len(st.hosts) == 0 {
 		return nil, ErrNoHealthyHost
 	}

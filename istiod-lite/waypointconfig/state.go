@@ -121,6 +121,16 @@ func (s *listerState) Workload(ip netip.Addr) (waypointxds.Workload, bool) {
 	return waypointxds.Workload{Name: name, Namespace: pod.Namespace, ServiceAccount: sa, Captured: ambient.IsCaptured(pod, nsLabels)}, true
 }
 
+func (s *listerState) Pods() []*corev1.Pod {
+	var out []*corev1.Pod
+	for _, o := range s.pods.List() {
+		if p, ok := o.(*corev1.Pod); ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 func (s *listerState) HTTPRoutes() []*gatewayv1.HTTPRoute {
 	out, _ := s.httpRoutes.List(labels.Everything())
 	return out

@@ -218,7 +218,11 @@ func (t *ruleTranslator) skip(field, why string) {
 // http marks an HTTP attribute; on a TCP chain it cannot be checked.
 func (t *ruleTranslator) http(field string) bool {
 	if t.l4 {
-		t.skip(field, fmt.Sprintf("an HTTP attribute cannot apply to TCP port %d", t.port))
+		why := fmt.Sprintf("an HTTP attribute cannot apply to TCP port %d", t.port)
+		if t.port == 0 {
+			why = "an HTTP attribute cannot apply to opaque TCP traffic to a workload"
+		}
+		t.skip(field, why)
 		return false
 	}
 	return true

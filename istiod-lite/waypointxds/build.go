@@ -12,6 +12,11 @@
 // else on its namespace; "none" opts out; the waypoint Gateway's
 // istio.io/waypoint-for must be service (default) or all; a waypoint's own
 // Service is never served). ServedServices lists a waypoint's Services.
+// Traffic addressed to a pod itself goes to WorkloadWaypoint (the same
+// labels on the pod, else its namespace; the Gateway's waypoint-for must be
+// workload or all); ServedWorkloads lists them, and their addresses get the
+// direct-http and direct-tcp chains, which send to the encap cluster (the
+// original destination through connect_originate).
 // Report.Services and Report.Backends name every Service whose change
 // (object or EndpointSlices) changes the output, so that the caller can
 // rebuild only the waypoints concerned; AuthorizationPolicies, routes,
@@ -73,6 +78,9 @@ type State interface {
 	AuthorizationPolicies() []*securityv1.AuthorizationPolicy
 	// Gateway returns the Gateway, or nil.
 	Gateway(namespace, name string) *gatewayv1.Gateway
+	// Pods returns every pod, in any order (for the workloads a waypoint
+	// takes traffic for).
+	Pods() []*corev1.Pod
 }
 
 // Workload is what the endpoints of a waypoint's clusters say about the pod
@@ -131,6 +139,9 @@ func (r Resources) add(typeURL, name string, m proto.Message) {
 type Report struct {
 	// Services are the Services the waypoint serves, sorted.
 	Services []types.NamespacedName
+	// Workloads are the pods whose own traffic (addressed to their IP) the
+	// waypoint takes, sorted.
+	Workloads []types.NamespacedName
 	// Backends are the other Services the waypoint has clusters for (route
 	// backends and mirrors), sorted.
 	Backends []types.NamespacedName
@@ -179,7 +190,12 @@ func Build(st State, wp Waypoint, opts Options) (Resources, Report, error) {
 		chains = append(chains, c...)
 		rep.RouteStatuses = append(rep.RouteStatuses, statuses...)
 	}
-	b.res.add(resource.ListenerType, mainInternal, b.mainInternalListener(chains))
+	pods := ServedWorkloads(st, wp)
+	for _, p := range pods {
+		rep.Workloads = append(rep.Workloads, types.NamespacedName{Namespace: p.Namespace, Name: p.Name})
+	}
+	b.res.add(resource.ListenerType, mainInternal, b.mainInternalListener(chains, pods))
+	b.res.add(resource.ClusterType, encap, b.encapCluster(pods))
 	b.res.add(resource.ListenerType, connectTerminate, b.connectTerminateListener())
 	b.res.add(resource.ListenerType, connectOriginate, b.connectOriginateListener())
 	b.res.add(resource.ClusterType, mainInternal, mainInternalCluster())

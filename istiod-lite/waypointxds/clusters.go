@@ -1,6 +1,7 @@
 package waypointxds
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -23,6 +24,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ambit-mesh/ambit/istiod-lite/ambient"
 )
 
 // Names fixed by the contract.
@@ -30,10 +33,13 @@ const (
 	mainInternal     = "main_internal"
 	connectOriginate = "connect_originate"
 	connectTerminate = "connect_terminate"
-	rootCASecret     = "ROOTCA"
-	defaultSecret    = "default"
-	sdsCluster       = "sds-grpc"
-	hbonePort        = 15008
+	// encap takes workload-addressed traffic (direct-http, direct-tcp) to
+	// its original destination through connect_originate, as Istio's.
+	encap         = "encap"
+	rootCASecret  = "ROOTCA"
+	defaultSecret = "default"
+	sdsCluster    = "sds-grpc"
+	hbonePort     = 15008
 
 	// transportSocketMatchKey is Envoy's metadata namespace for
 	// transport_socket_matches; tunnel=hbone selects the HBONE socket.
@@ -166,19 +172,25 @@ func (b *builder) outboundCluster(name string) *clusterv3.Cluster {
 				},
 			}),
 		},
-		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{{
-			Name:  "hbone",
-			Match: hboneMatch(),
-			TransportSocket: &corev3.TransportSocket{
-				Name: "envoy.transport_sockets.internal_upstream",
-				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: b.any(&internalupstreamv3.InternalUpstreamTransport{
-					TransportSocket: &corev3.TransportSocket{
-						Name:       "envoy.transport_sockets.raw_buffer",
-						ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: b.any(&rawbufferv3.RawBuffer{})},
-					},
-				})},
-			},
-		}},
+		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{b.internalUpstream(hboneMatch())},
+	}
+}
+
+// internalUpstream is the transport socket of endpoints on an internal
+// listener (connect_originate) matching match (nil: every endpoint).
+func (b *builder) internalUpstream(match *structpb.Struct) *clusterv3.Cluster_TransportSocketMatch {
+	return &clusterv3.Cluster_TransportSocketMatch{
+		Name:  "hbone",
+		Match: match,
+		TransportSocket: &corev3.TransportSocket{
+			Name: "envoy.transport_sockets.internal_upstream",
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: b.any(&internalupstreamv3.InternalUpstreamTransport{
+				TransportSocket: &corev3.TransportSocket{
+					Name:       "envoy.transport_sockets.raw_buffer",
+					ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: b.any(&rawbufferv3.RawBuffer{})},
+				},
+			})},
+		},
 	}
 }
 
@@ -398,5 +410,48 @@ func rootCA(pem []byte) *tlsv3.Secret {
 		Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: slices.Clone(pem)}},
 		}},
+	}
+}
+
+// encapCluster sends a stream to its original destination (the pod address
+// the client dialled) through connect_originate: one internal endpoint
+// without endpoint_id, as Istio's "encap". Its ambit metadata lists the
+// destinations allowed and the identity each must prove; the Go waypoint
+// refuses any other.
+func (b *builder) encapCluster(pods []*corev1.Pod) *clusterv3.Cluster {
+	var dests []any
+	for _, p := range pods {
+		sa := p.Spec.ServiceAccountName
+		if sa == "" {
+			sa = "default"
+		}
+		name, _ := ambient.WorkloadNameAndType(p)
+		for _, a := range podAddrs(p) {
+			dests = append(dests, map[string]any{
+				"address": a.String(), "identity": spiffeID(b.opts.TrustDomain, p.Namespace, sa),
+				"workload": name, "namespace": p.Namespace,
+			})
+		}
+	}
+	md, err := structpb.NewStruct(map[string]any{"destinations": dests})
+	if err != nil && b.err == nil {
+		b.err = fmt.Errorf("encap metadata: %w", err)
+	}
+	return &clusterv3.Cluster{
+		Name:                   encap,
+		ClusterDiscoveryType:   &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:         durationpb.New(10 * time.Second),
+		Metadata:               &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{ambitMetadataKey: md}},
+		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{b.internalUpstream(nil)},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: encap,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address: &corev3.Address{Address: &corev3.Address_EnvoyInternalAddress{EnvoyInternalAddress: &corev3.EnvoyInternalAddress{
+						AddressNameSpecifier: &corev3.EnvoyInternalAddress_ServerListenerName{ServerListenerName: connectOriginate},
+					}}},
+				}},
+			}}}},
+		},
 	}
 }

@@ -49,6 +49,7 @@ type fakeState struct {
 	grants     map[string]bool // "from->ns/name"
 	policies   []*securityv1.AuthorizationPolicy
 	gateways   []*gatewayv1.Gateway
+	pods       []*corev1.Pod
 }
 
 func newState() *fakeState {
@@ -91,6 +92,8 @@ func (f *fakeState) Gateway(ns, name string) *gatewayv1.Gateway {
 	}
 	return nil
 }
+
+func (f *fakeState) Pods() []*corev1.Pod { return f.pods }
 
 func (f *fakeState) ns(name string, labels ...string) *fakeState {
 	f.namespaces[name] = &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: kv(labels...)}}

@@ -17,6 +17,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ambit-mesh/ambit/istiod-lite/gamma"
@@ -43,8 +44,10 @@ func chainName(port uint32, kind, host string) string {
 }
 
 // mainInternalListener holds one or two filter chains per served Service
-// port, matched by destination port and the Service's VIPs.
-func (b *builder) mainInternalListener(chains []servedChain) *listenerv3.Listener {
+// port, matched by destination port and the Service's VIPs, and for the
+// served workloads direct-http and direct-tcp, matched by their addresses
+// on any port.
+func (b *builder) mainInternalListener(chains []servedChain, pods []*corev1.Pod) *listenerv3.Listener {
 	l := &listenerv3.Listener{
 		Name:              mainInternal,
 		ListenerSpecifier: &listenerv3.Listener_InternalListener{InternalListener: &listenerv3.Listener_InternalListenerConfig{}},
@@ -78,6 +81,10 @@ func (b *builder) mainInternalListener(chains []servedChain) *listenerv3.Listene
 				b.tcpChain(c, key, match(nil)))
 		}
 	}
+	if direct := b.directChains(pods); len(direct) > 0 {
+		detect = true
+		l.FilterChains = append(l.FilterChains, direct...)
+	}
 	if detect {
 		l.ListenerFilters = append(l.ListenerFilters, &listenerv3.ListenerFilter{
 			Name:       filterHTTPInspector,
@@ -96,6 +103,75 @@ func (b *builder) mainInternalListener(chains []servedChain) *listenerv3.Listene
 		}
 	}
 	return l
+}
+
+// Chains of workload-addressed traffic (Istio's names).
+const (
+	directHTTPChain = "direct-http"
+	directTCPChain  = "direct-tcp"
+)
+
+// directChains take traffic addressed to the served pods, on any port:
+// HTTP (detected) gets the waypoint's L7 policies and goes to the pod
+// unrouted (routes attach to Services); anything else gets the L4 part of
+// them. Only policies for the whole waypoint apply (targetRefs Gateway or
+// GatewayClass): a Service-targeted one is about that Service's traffic.
+func (b *builder) directChains(pods []*corev1.Pod) []*listenerv3.FilterChain {
+	match := func(alpn []string) *listenerv3.FilterChainMatch {
+		m := &listenerv3.FilterChainMatch{ApplicationProtocols: alpn}
+		for _, p := range pods {
+			for _, a := range podAddrs(p) {
+				m.PrefixRanges = append(m.PrefixRanges, &corev3.CidrRange{AddressPrefix: a.String(), PrefixLen: wrapperspb.UInt32(uint32(a.BitLen()))})
+			}
+		}
+		return m
+	}
+	if len(match(nil).GetPrefixRanges()) == 0 {
+		return nil
+	}
+	var filters []*hcmv3.HttpFilter
+	for _, r := range b.rbacConfigs(types.NamespacedName{}, 0, false) {
+		filters = append(filters, &hcmv3.HttpFilter{
+			Name:       filterHTTPRBAC,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: b.any(&rbachttpv3.RBAC{Rules: r})},
+		})
+	}
+	filters = append(filters, b.routerFilter())
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: directHTTPChain,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+			Name: directHTTPChain,
+			VirtualHosts: []*routev3.VirtualHost{{
+				Name:    directHTTPChain,
+				Domains: []string{"*"},
+				Routes: []*routev3.Route{{
+					Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+						ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: encap},
+						Timeout:          durationpb.New(0),
+					}},
+				}},
+			}},
+		}},
+		NormalizePath:     wrapperspb.Bool(true),
+		UseRemoteAddress:  wrapperspb.Bool(false),
+		HttpFilters:       filters,
+		UpgradeConfigs:    []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+		StreamIdleTimeout: durationpb.New(0),
+	}
+	var tcpFilters []*listenerv3.Filter
+	for _, r := range b.rbacConfigs(types.NamespacedName{}, 0, true) {
+		tcpFilters = append(tcpFilters, b.networkRBAC(r, directTCPChain))
+	}
+	tcpFilters = append(tcpFilters, b.tcpProxy(directTCPChain, encap))
+	return []*listenerv3.FilterChain{
+		{
+			Name:             directHTTPChain,
+			FilterChainMatch: match([]string{"http/1.1", "h2c"}),
+			Filters:          []*listenerv3.Filter{{Name: filterHCM, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(hcm)}}},
+		},
+		{Name: directTCPChain, FilterChainMatch: match(nil), Filters: tcpFilters},
+	}
 }
 
 func (b *builder) httpChain(c servedChain, key types.NamespacedName, m *listenerv3.FilterChainMatch) *listenerv3.FilterChain {

@@ -41,7 +41,7 @@ func TestRoutesAndBackendClusters(t *testing.T) {
 	res, rep := build(t, st, "shop", "waypoint")
 
 	wantClusters := []string{
-		connectOriginate, mainInternal,
+		connectOriginate, encap, mainInternal,
 		"outbound|3306||reviews.shop.svc.cluster.local",
 		"outbound|8080||reviews-v2.backends.svc.cluster.local",
 		"outbound|80||shadow.backends.svc.cluster.local",

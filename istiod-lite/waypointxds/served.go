@@ -1,10 +1,14 @@
 package waypointxds
 
 import (
+	"net/netip"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/ambit-mesh/ambit/istiod-lite/ambient"
 )
 
 // Labels read here, as in Istio ambient (the same as istiod-lite/ambient and
@@ -82,5 +86,72 @@ func ServedServices(st State, wp Waypoint) []*corev1.Service {
 		}
 	}
 	sortServices(out)
+	return out
+}
+
+// WorkloadWaypoint returns the waypoint that takes traffic addressed to the
+// pod itself (its IP): the one its own istio.io/use-waypoint names, else its
+// namespace's, whose Gateway's istio.io/waypoint-for is workload or all.
+// Only captured, running pods with an address have one (the rules
+// istiod-lite/ambient gives ztunnel).
+func WorkloadWaypoint(st State, pod *corev1.Pod) (Waypoint, bool) {
+	if pod == nil || pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed || len(podAddrs(pod)) == 0 {
+		return Waypoint{}, false
+	}
+	var nsLabels map[string]string
+	if ns := st.Namespace(pod.Namespace); ns != nil {
+		nsLabels = ns.Labels
+	}
+	if !ambient.IsCaptured(pod, nsLabels) {
+		return Waypoint{}, false
+	}
+	wp, set := waypointFromLabels(pod.Labels, pod.Namespace)
+	if !set {
+		wp, set = waypointFromLabels(nsLabels, pod.Namespace)
+	}
+	if !set || wp.Name == "" {
+		return Waypoint{}, false
+	}
+	gw := st.Gateway(wp.Namespace, wp.Name)
+	if !isWaypointGateway(gw) {
+		return Waypoint{}, false
+	}
+	switch gw.Labels[LabelWaypointFor] {
+	case "workload", "all":
+		return wp, true
+	}
+	return Waypoint{}, false
+}
+
+// ServedWorkloads returns the pods waypoint wp takes workload traffic for,
+// sorted by namespace and name.
+func ServedWorkloads(st State, wp Waypoint) []*corev1.Pod {
+	var out []*corev1.Pod
+	for _, pod := range st.Pods() {
+		if got, ok := WorkloadWaypoint(st, pod); ok && got == wp {
+			out = append(out, pod)
+		}
+	}
+	slices.SortFunc(out, func(a, b *corev1.Pod) int {
+		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return out
+}
+
+// podAddrs are the pod's addresses, deduplicated.
+func podAddrs(pod *corev1.Pod) []netip.Addr {
+	var out []netip.Addr
+	add := func(s string) {
+		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" && !slices.Contains(out, a.Unmap()) {
+			out = append(out, a.Unmap())
+		}
+	}
+	for _, ip := range pod.Status.PodIPs {
+		add(ip.IP)
+	}
+	add(pod.Status.PodIP)
 	return out
 }

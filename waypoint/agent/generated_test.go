@@ -28,6 +28,7 @@ type genState struct {
 	slice    *discoveryv1.EndpointSlice
 	gw       *gatewayv1.Gateway
 	policies []*securityv1.AuthorizationPolicy
+	pods     []*corev1.Pod
 }
 
 func (s *genState) Namespace(name string) *corev1.Namespace {
@@ -52,6 +53,7 @@ func (s *genState) Workload(ip netip.Addr) (waypointxds.Workload, bool) {
 	}
 	return waypointxds.Workload{}, false
 }
+func (s *genState) Pods() []*corev1.Pod                                      { return s.pods }
 func (s *genState) HTTPRoutes() []*gatewayv1.HTTPRoute                       { return nil }
 func (s *genState) GRPCRoutes() []*gatewayv1.GRPCRoute                       { return nil }
 func (s *genState) ReferenceGranted(string, string, string) bool             { return false }
@@ -91,7 +93,15 @@ func TestGeneratedConfig(t *testing.T) {
 			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"127.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)},
 				TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "echo-v1"}}},
 		},
-		gw: &gatewayv1.Gateway{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "waypoint"},
+		// The waypoint takes workload traffic too: the backend pod (at
+		// loopback) gets the direct chains and the encap cluster.
+		pods: []*corev1.Pod{{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "echo-v1", Labels: map[string]string{
+				"istio.io/dataplane-mode": "ambient", waypointxds.LabelUseWaypoint: "waypoint"}},
+			Spec:   corev1.PodSpec{ServiceAccountName: "backend"},
+			Status: corev1.PodStatus{PodIP: "127.0.0.1", PodIPs: []corev1.PodIP{{IP: "127.0.0.1"}}},
+		}},
+		gw: &gatewayv1.Gateway{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "waypoint", Labels: map[string]string{waypointxds.LabelWaypointFor: "all"}},
 			Spec: gatewayv1.GatewaySpec{GatewayClassName: "istio-waypoint", Listeners: []gatewayv1.Listener{{Name: "mesh", Port: 15008, Protocol: "HBONE"}}}},
 		policies: []*securityv1.AuthorizationPolicy{{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "allow-client"},
@@ -142,6 +152,16 @@ func TestGeneratedConfig(t *testing.T) {
 	}
 	if r := m.do(t, m.httpClient(7000, true), "echo.ns.svc.cluster.local", "/allowed", nil); r.code != 200 || r.echo.Proto != "HTTP/2.0" {
 		t.Errorf("h2c on the detected port: %d %+v", r.code, r.echo)
+	}
+	// Workload-addressed: the pod's own address, through direct-http and
+	// encap, under the Gateway-wide policy.
+	pod := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), m.v1.addr.Port())
+	pc := m.targetClient(pod, false)
+	if r := m.do(t, pc, pod.String(), "/allowed/pod", nil); r.code != 200 || r.echo.Backend != "v1" {
+		t.Errorf("pod address: %d %+v", r.code, r.echo)
+	}
+	if r := m.do(t, pc, pod.String(), "/denied", nil); r.code != 403 {
+		t.Errorf("pod address, denied path: %d, want 403", r.code)
 	}
 }
 

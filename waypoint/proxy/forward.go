@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -52,8 +53,9 @@ type attemptResult struct {
 }
 
 // forward sends the request to the decision's cluster, with the route's
-// timeout, retries and mirrors, and copies the response back.
-func (p *Proxy) forward(w *responseWriter, r *http.Request, d *router.Decision, rec *telemetry.Request, span trace.Span, upgrade string) {
+// timeout, retries and mirrors, and copies the response back. target is
+// the stream's original destination (for original-destination clusters).
+func (p *Proxy) forward(w *responseWriter, r *http.Request, target netip.AddrPort, d *router.Decision, rec *telemetry.Request, span trace.Span, upgrade string) {
 	rec.Cluster = d.Cluster
 	if svc := config.ServiceOfCluster(d.Cluster); svc != "" {
 		rec.DestinationService = svc
@@ -82,7 +84,7 @@ func (p *Proxy) forward(w *responseWriter, r *http.Request, d *router.Decision, 
 		return
 	}
 	if upgrade != "" {
-		p.upgrade(w, r, d, rec, cl, h, u, upgrade)
+		p.upgrade(w, r, target, d, rec, cl, h, u, upgrade)
 		return
 	}
 	http2 := r.ProtoMajor == 2
@@ -95,7 +97,7 @@ func (p *Proxy) forward(w *responseWriter, r *http.Request, d *router.Decision, 
 		defer body.finish()
 	}
 	for _, m := range d.Mirrors {
-		p.mirror(r, h, u, d, m, body, hasBody)
+		p.mirror(r, target, h, u, d, m, body, hasBody)
 	}
 
 	ctx := r.Context()
@@ -131,7 +133,7 @@ func (p *Proxy) forward(w *responseWriter, r *http.Request, d *router.Decision, 
 	for {
 		attempt++
 		rec.Attempts = attempt
-		res = p.tryOnce(ctx, cl, d, tried, newReq, http2)
+		res = p.tryOnce(ctx, cl, target, d, tried, newReq, http2)
 		if res.host != nil {
 			tried = append(tried, res.host)
 			rec.UpstreamHost = res.host.Address().String()
@@ -166,13 +168,13 @@ func (p *Proxy) forward(w *responseWriter, r *http.Request, d *router.Decision, 
 
 // tryOnce picks a host and sends one attempt, bounded by the per-try
 // timeout.
-func (p *Proxy) tryOnce(ctx context.Context, cl *upstream.Cluster, d *router.Decision, tried []*upstream.Host,
+func (p *Proxy) tryOnce(ctx context.Context, cl *upstream.Cluster, target netip.AddrPort, d *router.Decision, tried []*upstream.Host,
 	newReq func(context.Context, *upstream.Host) *http.Request, http2 bool) attemptResult {
 	var avoid []*upstream.Host
 	if d.Retry != nil && d.Retry.AvoidPreviousHosts {
 		avoid = tried
 	}
-	host, err := cl.Pick(avoid)
+	host, err := cl.PickFor(target, avoid)
 	if err != nil {
 		return attemptResult{err: err}
 	}
@@ -417,12 +419,12 @@ func (p *Proxy) copyResponse(w *responseWriter, r *http.Request, ctx context.Con
 // context and timeout, the body as recorded for the main request (a body
 // larger than the buffer limit is not mirrored), never touching the
 // client's response.
-func (p *Proxy) mirror(r *http.Request, h http.Header, u *url.URL, d *router.Decision, m router.Mirror, body *replay, hasBody bool) {
+func (p *Proxy) mirror(r *http.Request, target netip.AddrPort, h http.Header, u *url.URL, d *router.Decision, m router.Mirror, body *replay, hasBody bool) {
 	cl := p.opts.Upstreams.Cluster(m.Cluster)
 	if cl == nil {
 		return
 	}
-	host, err := cl.Pick(nil)
+	host, err := cl.PickFor(target, nil)
 	if err != nil {
 		return
 	}

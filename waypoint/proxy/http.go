@@ -143,7 +143,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(ictx)
 		rw.idleFired = fired
 	}
-	p.forward(rw, r, d, rec, span, upgrade)
+	p.forward(rw, r, info.target, d, rec, span, upgrade)
 }
 
 // localReply answers with a text body, as Envoy's local replies.

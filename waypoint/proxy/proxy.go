@@ -371,7 +371,7 @@ func (p *Proxy) serveTCP(ctx context.Context, req *hbone.Request, conn hbone.Con
 	var err error
 	if cl == nil {
 		rec.Flags, err = "NC", fmt.Errorf("cluster %q not found", tc.Cluster)
-	} else if host, err = cl.Pick(nil); err != nil {
+	} else if host, err = cl.PickFor(info.target, nil); err != nil {
 		rec.Flags = "UH"
 	}
 	var up net.Conn
@@ -392,7 +392,7 @@ func (p *Proxy) serveTCP(ctx context.Context, req *hbone.Request, conn hbone.Con
 		if attempt >= tc.MaxConnectAttempts || ctx.Err() != nil {
 			break
 		}
-		next, perr := cl.Pick(tried)
+		next, perr := cl.PickFor(info.target, tried)
 		if perr != nil {
 			break
 		}

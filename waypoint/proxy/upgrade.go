@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -37,8 +38,8 @@ func allowedUpgrade(upgrades []string, typ string) bool { return slices.Contains
 // upgrade forwards an upgrade request (websocket) to one host and, on 101,
 // splices the two connections. There is no retry and no route timeout
 // once the upgrade is done: the connection is long-lived by nature.
-func (p *Proxy) upgrade(w *responseWriter, r *http.Request, d *router.Decision, rec *telemetry.Request, cl *upstream.Cluster, h http.Header, u *url.URL, typ string) {
-	host, err := cl.Pick(nil)
+func (p *Proxy) upgrade(w *responseWriter, r *http.Request, target netip.AddrPort, d *router.Decision, rec *telemetry.Request, cl *upstream.Cluster, h http.Header, u *url.URL, typ string) {
+	host, err := cl.PickFor(target, nil)
 	if err != nil {
 		rec.Flags = "UH"
 		localReply(w, http.StatusServiceUnavailable, "no healthy upstream")

@@ -275,31 +275,23 @@ func (c *Cluster) PickFor(target netip.AddrPort, avoid []*Host) (*Host, error) {
 	}
 	target = netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
 	c.omu.RLock()
-	st := c.st.Load()
-	d, ok := st.cfg.Destinations[target.Addr()]
-	h := c.orig[target]
+	st, h, _, err := c.originalDst(target)
 	c.omu.RUnlock()
+	if h != nil || err != nil {
+		return h, err
+	}
 	if !st.originalDst {
 		return c.pick(st, avoid) // changed in between
-	}
-	if !ok {
-		return nil, fmt.Errorf("%w: %s (cluster %q)", ErrUnknownDestination, target, c.name)
-	}
-	if h != nil {
-		return h, nil
 	}
 	c.omu.Lock()
 	defer c.omu.Unlock()
 	// Again under the write lock: an update may have come in between.
-	st = c.st.Load()
+	st, h, d, err := c.originalDst(target)
+	if h != nil || err != nil {
+		return h, err
+	}
 	if !st.originalDst {
 		return c.pick(st, avoid)
-	}
-	if d, ok = st.cfg.Destinations[target.Addr()]; !ok {
-		return nil, fmt.Errorf("%w: %s (cluster %q)", ErrUnknownDestination, target, c.name)
-	}
-	if h = c.orig[target]; h != nil {
-		return h, nil
 	}
 	if len(c.orig) >= maxOriginalDstHosts {
 		for t, x := range c.orig {
@@ -315,6 +307,21 @@ func (c *Cluster) PickFor(target netip.AddrPort, avoid []*Host) (*Host, error) {
 	h = &Host{c: c, key: originalDstKey(target, d), Workload: d.Workload, Namespace: d.Namespace}
 	c.orig[target] = h
 	return h, nil
+}
+
+// originalDst looks target up, c.omu held (either way): the current state,
+// and for an original-destination cluster target's cached host (nil if
+// none yet) and its destination, or ErrUnknownDestination.
+func (c *Cluster) originalDst(target netip.AddrPort) (*clusterState, *Host, config.Destination, error) {
+	st := c.st.Load()
+	if !st.originalDst {
+		return st, nil, config.Destination{}, nil
+	}
+	d, ok := st.cfg.Destinations[target.Addr()]
+	if !ok {
+		return st, nil, d, fmt.Errorf("%w: %s (cluster %q)", ErrUnknownDestination, target, c.name)
+	}
+	return st, c.orig[target], d, nil
 }
 
 // Pick chooses a host: among the hosts not ejected (all of them when fewer

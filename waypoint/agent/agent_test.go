@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -309,14 +308,7 @@ func TestTCPPassthroughAndNetworkRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := []byte("hello over the tcp chain")
-	if _, err := conn.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("echo: %q %v", got, err)
-	}
+	expectEcho(t, conn, "hello over the tcp chain", "TCP chain")
 	conn.Close()
 
 	m.cp.set(t, resourcev3.ListenerType, "main_internal", mainInternal(t, listenerOpts{tcpRBAC: []*rbacv3.RBAC{{Action: rbacv3.RBAC_DENY,
@@ -404,14 +396,7 @@ func TestProtocolDetection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	msg := []byte("\x00\x01 not http at all\r\n")
-	if _, err := conn.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("opaque TCP on the auto port: %q %v", got, err)
-	}
+	expectEcho(t, conn, "\x00\x01 not http at all\r\n", "opaque TCP on the auto port")
 	// gRPC rides h2c.
 	cc, err := grpc.NewClient("passthrough:///"+echoHost+":50051", grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return m.dial(ctx, 50051) }))
@@ -629,6 +614,13 @@ func TestMetricsAndTracing(t *testing.T) {
 		`istio_tcp_sent_bytes_total{`,
 		`istio_tcp_received_bytes_total{`,
 	}
+	m.waitMetrics(t, "", want)
+}
+
+// waitMetrics waits (5 s at most) for /metrics lines containing filter to
+// contain every string of want.
+func (m *mesh) waitMetrics(t testing.TB, filter string, want []string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		resp, err := http.Get("http://" + m.monAddr.String() + "/metrics")
@@ -637,17 +629,18 @@ func TestMetricsAndTracing(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		lines := grepLines(string(b), filter)
 		var missing []string
 		for _, w := range want {
-			if !strings.Contains(string(b), w) {
+			if !strings.Contains(lines, w) {
 				missing = append(missing, w)
 			}
 		}
 		if len(missing) == 0 {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("metrics missing %v in:\n%s", missing, grepLines(string(b), "istio_"))
+			t.Fatalf("metrics with %q missing %v in:\n%s", filter, missing, grepLines(string(b), "istio_"))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

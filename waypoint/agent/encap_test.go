@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
@@ -141,14 +140,8 @@ func TestOriginalDestination(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := []byte("\x00\x01 opaque bytes for the pod\r\n")
-	if _, err := conn.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("TCP through encap: %q %v", got, err)
-	}
+	msg := "\x00\x01 opaque bytes for the pod\r\n"
+	expectEcho(t, conn, msg, "TCP through encap")
 	conn.Close()
 
 	// A target that is not a destination: 503 for HTTP, closed for TCP;
@@ -160,9 +153,9 @@ func TestOriginalDestination(t *testing.T) {
 	}
 	conn, err = m.dialTarget(ctx, netip.AddrPortFrom(netip.MustParseAddr(strayIP), m.tcpEcho.Port()))
 	if err == nil {
-		_, _ = conn.Write(msg)
+		_, _ = io.WriteString(conn, msg)
 		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if n, err := io.ReadFull(conn, got); err == nil || n > 0 {
+		if n, err := io.ReadFull(conn, make([]byte, len(msg))); err == nil || n > 0 {
 			t.Errorf("TCP to a target that is not a destination: read %d bytes, %v", n, err)
 		}
 		conn.Close()
@@ -172,22 +165,6 @@ func TestOriginalDestination(t *testing.T) {
 	}
 
 	// Metrics name the destination from ambit.destinations.
-	want := []string{`destination_workload="echo-pod"`, `destination_principal="spiffe://cluster.local/ns/ns/sa/backend"`}
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		resp, err := http.Get("http://" + m.monAddr.String() + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		lines := grepLines(string(b), `destination_workload="echo-pod"`)
-		if strings.Contains(lines, want[1]) && strings.Contains(lines, `istio_requests_total`) && strings.Contains(lines, `istio_tcp_connections_opened_total`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics missing %v in:\n%s", want, grepLines(string(b), "istio_requests_total"))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	m.waitMetrics(t, `destination_workload="echo-pod"`, []string{`destination_principal="spiffe://cluster.local/ns/ns/sa/backend"`,
+		`destination_workload_namespace="ns"`, `istio_requests_total{`, `istio_tcp_connections_opened_total{`})
 }

@@ -766,6 +766,19 @@ func mustAnyNoT(m proto.Message) *anypb.Any {
 	return a
 }
 
+// expectEcho writes msg on conn (through the waypoint to the TCP echo
+// backend) and reads it back.
+func expectEcho(t testing.TB, conn net.Conn, msg, what string) {
+	t.Helper()
+	if _, err := io.WriteString(conn, msg); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(conn, got); err != nil || string(got) != msg {
+		t.Fatalf("%s: echo %q %v", what, got, err)
+	}
+}
+
 func startTCPEcho(t testing.TB) netip.AddrPort {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -420,6 +420,7 @@ func rootCA(pem []byte) *tlsv3.Secret {
 // refuses any other.
 func (b *builder) encapCluster(pods []*corev1.Pod) *clusterv3.Cluster {
 	var dests []any
+	seen := map[netip.Addr]bool{}
 	for _, p := range pods {
 		sa := p.Spec.ServiceAccountName
 		if sa == "" {
@@ -427,6 +428,10 @@ func (b *builder) encapCluster(pods []*corev1.Pod) *clusterv3.Cluster {
 		}
 		name, _ := ambient.WorkloadNameAndType(p)
 		for _, a := range podAddrs(p) {
+			if seen[a] {
+				continue // two pods claiming one address: the first (the waypoint refuses duplicates)
+			}
+			seen[a] = true
 			dests = append(dests, map[string]any{
 				"address": a.String(), "identity": spiffeID(b.opts.TrustDomain, p.Namespace, sa),
 				"workload": name, "namespace": p.Namespace,

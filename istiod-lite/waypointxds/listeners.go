@@ -1,6 +1,8 @@
 package waypointxds
 
 import (
+	"net/netip"
+	"slices"
 	"strconv"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -81,7 +83,17 @@ func (b *builder) mainInternalListener(chains []servedChain, pods []*corev1.Pod)
 				b.tcpChain(c, key, match(nil)))
 		}
 	}
-	if direct := b.directChains(pods); len(direct) > 0 {
+	// Envoy looks at destination_port first and falls back to chains
+	// without one only when no chain names the port: the served Service
+	// ports get their own copy of the direct chains.
+	var ports []uint32
+	for _, c := range chains {
+		if !slices.Contains(ports, c.port) {
+			ports = append(ports, c.port)
+		}
+	}
+	slices.Sort(ports)
+	if direct := b.directChains(pods, ports); len(direct) > 0 {
 		detect = true
 		l.FilterChains = append(l.FilterChains, direct...)
 	}
@@ -111,22 +123,18 @@ const (
 	directTCPChain  = "direct-tcp"
 )
 
-// directChains take traffic addressed to the served pods, on any port:
-// HTTP (detected) gets the waypoint's L7 policies and goes to the pod
-// unrouted (routes attach to Services); anything else gets the L4 part of
-// them. Only policies for the whole waypoint apply (targetRefs Gateway or
-// GatewayClass): a Service-targeted one is about that Service's traffic.
-func (b *builder) directChains(pods []*corev1.Pod) []*listenerv3.FilterChain {
-	match := func(alpn []string) *listenerv3.FilterChainMatch {
-		m := &listenerv3.FilterChainMatch{ApplicationProtocols: alpn}
-		for _, p := range pods {
-			for _, a := range podAddrs(p) {
-				m.PrefixRanges = append(m.PrefixRanges, &corev3.CidrRange{AddressPrefix: a.String(), PrefixLen: wrapperspb.UInt32(uint32(a.BitLen()))})
-			}
-		}
-		return m
+// directChains take traffic addressed to the served pods, on any port (and
+// on each of ports, which VIP chains name): HTTP (detected) gets the
+// waypoint's L7 policies and goes to the pod unrouted (routes attach to
+// Services); anything else gets the L4 part of them. Only policies for the
+// whole waypoint apply (targetRefs Gateway or GatewayClass): a
+// Service-targeted one is about that Service's traffic.
+func (b *builder) directChains(pods []*corev1.Pod, ports []uint32) []*listenerv3.FilterChain {
+	var prefixes []*corev3.CidrRange
+	for _, a := range uniqueAddrs(pods) {
+		prefixes = append(prefixes, &corev3.CidrRange{AddressPrefix: a.String(), PrefixLen: wrapperspb.UInt32(uint32(a.BitLen()))})
 	}
-	if len(match(nil).GetPrefixRanges()) == 0 {
+	if len(prefixes) == 0 {
 		return nil
 	}
 	var filters []*hcmv3.HttpFilter
@@ -164,14 +172,41 @@ func (b *builder) directChains(pods []*corev1.Pod) []*listenerv3.FilterChain {
 		tcpFilters = append(tcpFilters, b.networkRBAC(r, directTCPChain))
 	}
 	tcpFilters = append(tcpFilters, b.tcpProxy(directTCPChain, encap))
-	return []*listenerv3.FilterChain{
-		{
-			Name:             directHTTPChain,
-			FilterChainMatch: match([]string{"http/1.1", "h2c"}),
-			Filters:          []*listenerv3.Filter{{Name: filterHCM, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(hcm)}}},
-		},
-		{Name: directTCPChain, FilterChainMatch: match(nil), Filters: tcpFilters},
+	httpFilters := []*listenerv3.Filter{{Name: filterHCM, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(hcm)}}}
+	var out []*listenerv3.FilterChain
+	for _, port := range append([]uint32{0}, ports...) {
+		suffix := ""
+		var dp *wrapperspb.UInt32Value
+		if port != 0 {
+			suffix, dp = "|"+strconv.FormatUint(uint64(port), 10), wrapperspb.UInt32(port)
+		}
+		out = append(out,
+			&listenerv3.FilterChain{
+				Name:             directHTTPChain + suffix,
+				FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: dp, PrefixRanges: prefixes, ApplicationProtocols: []string{"http/1.1", "h2c"}},
+				Filters:          httpFilters,
+			},
+			&listenerv3.FilterChain{
+				Name:             directTCPChain + suffix,
+				FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: dp, PrefixRanges: prefixes},
+				Filters:          tcpFilters,
+			})
 	}
+	return out
+}
+
+// uniqueAddrs are the pods' addresses, each once (an address two pods
+// claim, briefly, is listed for the first).
+func uniqueAddrs(pods []*corev1.Pod) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range pods {
+		for _, a := range podAddrs(p) {
+			if !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }
 
 func (b *builder) httpChain(c servedChain, key types.NamespacedName, m *listenerv3.FilterChainMatch) *listenerv3.FilterChain {

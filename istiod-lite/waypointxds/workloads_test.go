@@ -101,6 +101,13 @@ spec:
 			t.Errorf("%s match %v", name, m)
 		}
 	}
+	// Port 80 has the Service's VIP chains, so Envoy would not fall back
+	// to port-less chains there: the direct chains have a copy for it.
+	for _, name := range []string{directHTTPChain + "|80", directTCPChain + "|80"} {
+		if m := chain(t, res, name).GetFilterChainMatch(); m.GetDestinationPort().GetValue() != 80 || len(m.GetPrefixRanges()) != 2 {
+			t.Errorf("%s match %v", name, m)
+		}
+	}
 	if alpn := chain(t, res, directHTTPChain).GetFilterChainMatch().GetApplicationProtocols(); !slices.Equal(alpn, []string{"http/1.1", "h2c"}) {
 		t.Errorf("direct-http application protocols %v", alpn)
 	}
@@ -160,5 +167,23 @@ func TestNoWorkloadsNoDirectChains(t *testing.T) {
 	cl := res[resource.ClusterType][encap].(*clusterv3.Cluster)
 	if n := len(cl.GetMetadata().GetFilterMetadata()[ambitMetadataKey].GetFields()["destinations"].GetListValue().GetValues()); n != 0 {
 		t.Errorf("encap lists %d destinations", n)
+	}
+}
+
+// Two pods briefly claiming one address (a reused IP): it is listed once,
+// for the first, in the chains and in encap (the waypoint refuses an
+// address listed twice with different identities).
+func TestWorkloadAddressListedOnce(t *testing.T) {
+	st := newState().ns("apps", "istio.io/dataplane-mode", "ambient", LabelUseWaypoint, "wp").waypoint("apps", "wp", "workload")
+	st.podObj("apps", "a", "10.0.0.1", "sa-a")
+	st.podObj("apps", "b", "10.0.0.1", "sa-b")
+	res, _ := build(t, st, "apps", "wp")
+	if n := len(chain(t, res, directTCPChain).GetFilterChainMatch().GetPrefixRanges()); n != 1 {
+		t.Errorf("direct-tcp has %d prefix ranges, want 1", n)
+	}
+	cl := res[resource.ClusterType][encap].(*clusterv3.Cluster)
+	vals := cl.GetMetadata().GetFilterMetadata()[ambitMetadataKey].GetFields()["destinations"].GetListValue().GetValues()
+	if len(vals) != 1 || vals[0].GetStructValue().GetFields()["identity"].GetStringValue() != "spiffe://cluster.local/ns/apps/sa/sa-a" {
+		t.Errorf("encap destinations %v", vals)
 	}
 }

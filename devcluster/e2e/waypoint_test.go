@@ -429,6 +429,67 @@ spec:
 		}
 	})
 
+	t.Run("workload waypoint for traffic to a pod IP", func(t *testing.T) {
+		// A second waypoint, for workload traffic only, named by one echo
+		// pod's own label; its L7 policy applies to requests addressed to
+		// that pod's IP, and only to those.
+		c.Apply(t, ns, `
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wl-waypoint, labels: {istio.io/waypoint-for: workload}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - {name: mesh, port: 15008, protocol: HBONE}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: wl-deny-private}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: wl-waypoint}]
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/private"]}}]
+`)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute+10*time.Second)
+		defer cancel()
+		if out, err := c.Kubectl(ctx, "", "-n", ns, "wait", "--for=condition=Programmed", "--timeout=180s", "gateway/wl-waypoint"); err != nil {
+			t.Fatalf("wl-waypoint not Programmed: %v\n%s", err, out)
+		}
+		pod := firstPod(t, c, ns, "app=echo,version=v1")
+		ipOut, err := c.Kubectl(ctx, "", "-n", ns, "get", "pod", pod, "-o", "jsonpath={.status.podIP}")
+		if err != nil {
+			t.Fatalf("pod IP: %v %s", err, ipOut)
+		}
+		podURL := func(path string) string { return "http://" + strings.TrimSpace(string(ipOut)) + ":8080" + path }
+		if r := echoOne(c, ns, client, podURL("/private")); r.code != 200 {
+			t.Fatalf("before the label: /private to the pod IP: want 200, have %d (%v)", r.code, r.err)
+		}
+		label := func(v string) {
+			t.Helper()
+			if out, err := c.Kubectl(context.Background(), "", "-n", ns, "label", "--overwrite", "pod", pod, "istio.io/use-waypoint"+v); err != nil {
+				t.Fatalf("label: %v %s", err, out)
+			}
+		}
+		label("=wl-waypoint")
+		start := time.Now()
+		eventually(t, "/private to the pod IP denied by the workload waypoint", time.Minute, func() bool { return echoOne(c, ns, client, podURL("/private")).code == 403 })
+		t.Logf("workload waypoint in effect %s after the pod label", time.Since(start).Round(100*time.Millisecond))
+		for path, want := range map[string]int{"/private": 403, "/": 200, "/public": 200} {
+			if r := echoOne(c, ns, client, podURL(path)); r.code != want || (want == 200 && echoVersion(r.hostname) != "v1") {
+				t.Errorf("%s to the pod IP: want %d from v1, have %d from %q (%v)", path, want, r.code, r.hostname, r.err)
+			}
+		}
+		// Through its Service, the Service's own waypoint (the namespace's)
+		// takes the request and sends it straight to the pod: the workload
+		// waypoint's policy is not in that path.
+		if r := echoOne(c, ns, client, url("echo-v1", "/private")); r.code != 200 {
+			t.Errorf("/private through Service echo-v1: want 200, have %d (%v)", r.code, r.err)
+		}
+		label("-")
+		eventually(t, "/private to the pod IP allowed once the label is gone", time.Minute, func() bool { return echoOne(c, ns, client, podURL("/private")).code == 200 })
+	})
+
 	t.Run("waypoint pod deleted under load", func(t *testing.T) {
 		type sample struct {
 			at time.Time

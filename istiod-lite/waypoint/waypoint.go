@@ -313,8 +313,12 @@ func (c *Controller) apply(ctx context.Context, gw *gatewayv1.Gateway) error {
 							corev1ac.ContainerPort().WithName("health").WithContainerPort(15021).WithProtocol(corev1.ProtocolTCP),
 							corev1ac.ContainerPort().WithName("metrics").WithContainerPort(15020).WithProtocol(corev1.ProtocolTCP),
 						).
+						// Probed every second: a replacement waypoint takes
+						// traffic as soon as it has its configuration, not at
+						// the next 10 s default tick after a first failure.
 						WithReadinessProbe(corev1ac.Probe().WithHTTPGet(
-							corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("health")))).
+							corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("health"))).
+							WithPeriodSeconds(1).WithFailureThreshold(3).WithTimeoutSeconds(1)).
 						WithSecurityContext(corev1ac.SecurityContext().
 							WithAllowPrivilegeEscalation(false).
 							WithRunAsNonRoot(true).

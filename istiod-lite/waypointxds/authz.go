@@ -715,19 +715,64 @@ func (t *ruleTranslator) host(field, v string) *rbacv3.Permission {
 	}}}
 }
 
-// urlPath matches the path without query. Istio's path templates ({*},
-// {**}) are not supported.
+// urlPath matches the path without query: an Istio pattern (exact, "*",
+// prefix*, *suffix) or a path template ({*}, {**}).
 func (t *ruleTranslator) urlPath(field, v string) *rbacv3.Permission {
-	if strings.Contains(v, "{") {
-		t.skip(field, fmt.Sprintf("path template %q is not supported by the waypoint", v))
-		return nil
-	}
-	p, err := parsePattern(v)
-	if err != nil {
-		t.badValue(field, err)
-		return nil
+	var sm *matcherv3.StringMatcher
+	if strings.ContainsAny(v, "{}") {
+		re, err := pathTemplateRegex(v)
+		if err != nil {
+			t.badValue(field, err)
+			return nil
+		}
+		sm = regexMatcher(re)
+	} else {
+		p, err := parsePattern(v)
+		if err != nil {
+			t.badValue(field, err)
+			return nil
+		}
+		sm = p.stringMatcher("")
 	}
 	return &rbacv3.Permission{Rule: &rbacv3.Permission_UrlPath{UrlPath: &matcherv3.PathMatcher{
-		Rule: &matcherv3.PathMatcher_Path{Path: p.stringMatcher("")},
+		Rule: &matcherv3.PathMatcher_Path{Path: sm},
 	}}}
+}
+
+// Path template operators, with the characters Envoy's uri_template lets
+// them match (RFC 3986 pchar; {**} also "/"), which is what Istio compiles
+// them to.
+const (
+	segmentChars = `[a-zA-Z0-9\-._~%!$&'()+,;:@=]`
+	oneSegment   = segmentChars + `+`
+	anySegments  = `[a-zA-Z0-9\-._~%!$&'()+,;:@=/]*`
+)
+
+// pathTemplateRegex translates an Istio path template into a full-match
+// RE2 regex. As Istio requires: the path starts with "/", "{*}" (exactly one
+// segment) and "{**}" (the rest of the path, zero or more segments) stand
+// for whole segments, "{**}" only last, and no other "{", "}" or "*".
+func pathTemplateRegex(v string) (string, error) {
+	if !strings.HasPrefix(v, "/") {
+		return "", fmt.Errorf("path template %q must start with /", v)
+	}
+	segs := strings.Split(v[1:], "/")
+	var b strings.Builder
+	for i, seg := range segs {
+		b.WriteString("/")
+		switch {
+		case seg == "{*}":
+			b.WriteString(oneSegment)
+		case seg == "{**}":
+			if i != len(segs)-1 {
+				return "", fmt.Errorf("path template %q: {**} must be the last segment", v)
+			}
+			b.WriteString(anySegments)
+		case strings.ContainsAny(seg, "{}*"):
+			return "", fmt.Errorf("path template %q: segment %q: {*} and {**} must be whole path segments, with no other wildcard", v, seg)
+		default:
+			b.WriteString(regexp.QuoteMeta(seg))
+		}
+	}
+	return b.String(), nil
 }

@@ -373,3 +373,54 @@ func TestTrustDomainAlias(t *testing.T) {
 		}
 	}
 }
+
+// Istio's path templates: {*} is one non-empty segment, {**} the rest of
+// the path (zero or more segments), both as whole segments; anything else
+// is refused (the rule is reported and fails closed).
+func TestPathTemplates(t *testing.T) {
+	st := authzState(t, gatewayPolicy("templates", "DENY", `
+  rules:
+  - to: [{operation: {paths: ["/users/{*}/secrets", "/files/{**}"]}}]
+`))
+	res, rep := build(t, st, "shop", "waypoint")
+	for path, denied := range map[string]bool{
+		"/users/ann/secrets":     true,
+		"/users/a.b~c/secrets":   true,
+		"/users//secrets":        false, // {*} needs a non-empty segment
+		"/users/ann/bob/secrets": false, // ... and only one
+		"/users/ann/secretsx":    false,
+		"/files/":                true,
+		"/files/a/b/c.txt":       true,
+		"/files":                 false,
+		"/filesx/a":              false,
+		"/users/ann/secrets?x=1": true, // the query is not part of the path
+	} {
+		if got := !authorize(t, res, reviewsHTTP, request(alice, "10.1.0.1", 9080, "GET", path)); got != denied {
+			t.Errorf("%s: denied=%v, want %v", path, got, denied)
+		}
+	}
+	for _, p := range rep.Policies {
+		for _, m := range p.Problems {
+			if strings.Contains(m, "template") {
+				t.Errorf("valid templates reported: %v", m)
+			}
+		}
+	}
+
+	for _, bad := range []string{"/a/{**}/b", "/a{*}", "/a/{*}x", "/a/{x}", "a/{*}", "/a/{*}*"} {
+		if _, err := pathTemplateRegex(bad); err == nil {
+			t.Errorf("template %q accepted", bad)
+		}
+	}
+	st = authzState(t, gatewayPolicy("bad", "ALLOW", `
+  rules:
+  - to: [{operation: {paths: ["/a/{**}/b"]}}]
+`))
+	res, rep = build(t, st, "shop", "waypoint")
+	if authorize(t, res, reviewsHTTP, request(alice, "10.1.0.1", 9080, "GET", "/a/x/b")) {
+		t.Error("an ALLOW rule with an invalid template allowed a request")
+	}
+	if len(rep.Policies) != 1 || !strings.Contains(strings.Join(rep.Policies[0].Problems, " "), "{**} must be the last segment") {
+		t.Errorf("invalid template not reported: %+v", rep.Policies)
+	}
+}

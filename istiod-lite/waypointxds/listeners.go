@@ -137,42 +137,27 @@ func (b *builder) directChains(pods []*corev1.Pod, ports []uint32) []*listenerv3
 	if len(prefixes) == 0 {
 		return nil
 	}
-	var filters []*hcmv3.HttpFilter
-	for _, r := range b.rbacConfigs(types.NamespacedName{}, 0, false) {
-		filters = append(filters, &hcmv3.HttpFilter{
-			Name:       filterHTTPRBAC,
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: b.any(&rbachttpv3.RBAC{Rules: r})},
-		})
-	}
-	filters = append(filters, b.routerFilter())
-	hcm := &hcmv3.HttpConnectionManager{
-		StatPrefix: directHTTPChain,
-		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
-			Name: directHTTPChain,
-			VirtualHosts: []*routev3.VirtualHost{{
-				Name:    directHTTPChain,
-				Domains: []string{"*"},
-				Routes: []*routev3.Route{{
-					Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-					Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-						ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: encap},
-						Timeout:          durationpb.New(0),
-					}},
+	hcm := b.inboundHCM(directHTTPChain, types.NamespacedName{}, 0)
+	hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+		Name: directHTTPChain,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    directHTTPChain,
+			Domains: []string{"*"},
+			Routes: []*routev3.Route{{
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: encap},
+					Timeout:          durationpb.New(0),
 				}},
 			}},
 		}},
-		NormalizePath:     wrapperspb.Bool(true),
-		UseRemoteAddress:  wrapperspb.Bool(false),
-		HttpFilters:       filters,
-		UpgradeConfigs:    []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
-		StreamIdleTimeout: durationpb.New(0),
-	}
+	}}
 	var tcpFilters []*listenerv3.Filter
 	for _, r := range b.rbacConfigs(types.NamespacedName{}, 0, true) {
 		tcpFilters = append(tcpFilters, b.networkRBAC(r, directTCPChain))
 	}
 	tcpFilters = append(tcpFilters, b.tcpProxy(directTCPChain, encap))
-	httpFilters := []*listenerv3.Filter{{Name: filterHCM, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(hcm)}}}
+	httpFilters := []*listenerv3.Filter{b.hcmFilter(hcm)}
 	var out []*listenerv3.FilterChain
 	for _, port := range append([]uint32{0}, ports...) {
 		suffix := ""
@@ -211,20 +196,28 @@ func uniqueAddrs(pods []*corev1.Pod) []netip.Addr {
 
 func (b *builder) httpChain(c servedChain, key types.NamespacedName, m *listenerv3.FilterChainMatch) *listenerv3.FilterChain {
 	name := chainName(c.port, "http", c.host)
+	hcm := b.inboundHCM(name, key, c.port)
+	hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+		ConfigSource:    configSourceADS(),
+		RouteConfigName: gamma.RouteConfigName(c.port, c.host),
+	}}
+	return &listenerv3.FilterChain{Name: name, FilterChainMatch: m, Filters: []*listenerv3.Filter{b.hcmFilter(hcm)}}
+}
+
+// inboundHCM is the HTTP connection manager of an HTTP chain, without its
+// routes: the RBAC filters of the policies for Service key (zero: the whole
+// waypoint's) then the router.
+func (b *builder) inboundHCM(statPrefix string, key types.NamespacedName, port uint32) *hcmv3.HttpConnectionManager {
 	var filters []*hcmv3.HttpFilter
-	for _, r := range b.rbacConfigs(key, c.port, false) {
+	for _, r := range b.rbacConfigs(key, port, false) {
 		filters = append(filters, &hcmv3.HttpFilter{
 			Name:       filterHTTPRBAC,
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: b.any(&rbachttpv3.RBAC{Rules: r})},
 		})
 	}
 	filters = append(filters, b.routerFilter())
-	hcm := &hcmv3.HttpConnectionManager{
-		StatPrefix: name,
-		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
-			ConfigSource:    configSourceADS(),
-			RouteConfigName: gamma.RouteConfigName(c.port, c.host),
-		}},
+	return &hcmv3.HttpConnectionManager{
+		StatPrefix:       statPrefix,
 		NormalizePath:    wrapperspb.Bool(true),
 		MergeSlashes:     false,
 		UseRemoteAddress: wrapperspb.Bool(false),
@@ -235,13 +228,10 @@ func (b *builder) httpChain(c servedChain, key types.NamespacedName, m *listener
 		UpgradeConfigs:    []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 		StreamIdleTimeout: durationpb.New(0),
 	}
-	return &listenerv3.FilterChain{
-		Name:             name,
-		FilterChainMatch: m,
-		Filters: []*listenerv3.Filter{{
-			Name: filterHCM, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(hcm)},
-		}},
-	}
+}
+
+func (b *builder) hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
+	return &listenerv3.Filter{Name: filterHCM, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: b.any(hcm)}}
 }
 
 func (b *builder) tcpChain(c servedChain, key types.NamespacedName, m *listenerv3.FilterChainMatch) *listenerv3.FilterChain {

@@ -34,24 +34,29 @@ func ServiceWaypoint(st State, svc *corev1.Service) (Waypoint, bool) {
 	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName || svc.Labels[LabelGatewayName] != "" {
 		return Waypoint{}, false
 	}
-	wp, set := waypointFromLabels(svc.Labels, svc.Namespace)
+	var nsLabels map[string]string
+	if ns := st.Namespace(svc.Namespace); ns != nil {
+		nsLabels = ns.Labels
+	}
+	return labelledWaypoint(st, svc.Labels, nsLabels, svc.Namespace, "", "service", "all")
+}
+
+// labelledWaypoint is the waypoint named by an object's own
+// istio.io/use-waypoint labels, else by its namespace's, if it is a waypoint
+// Gateway whose istio.io/waypoint-for is one of trafficFor.
+func labelledWaypoint(st State, labels, nsLabels map[string]string, namespace string, trafficFor ...string) (Waypoint, bool) {
+	wp, set := waypointFromLabels(labels, namespace)
 	if !set {
-		if ns := st.Namespace(svc.Namespace); ns != nil {
-			wp, set = waypointFromLabels(ns.Labels, svc.Namespace)
-		}
+		wp, set = waypointFromLabels(nsLabels, namespace)
 	}
 	if !set || wp.Name == "" {
 		return Waypoint{}, false
 	}
 	gw := st.Gateway(wp.Namespace, wp.Name)
-	if !isWaypointGateway(gw) {
+	if !isWaypointGateway(gw) || !slices.Contains(trafficFor, gw.Labels[LabelWaypointFor]) {
 		return Waypoint{}, false
 	}
-	switch gw.Labels[LabelWaypointFor] {
-	case "", "service", "all":
-		return wp, true
-	}
-	return Waypoint{}, false
+	return wp, true
 }
 
 // waypointFromLabels reads the waypoint labels; set reports whether
@@ -105,22 +110,7 @@ func WorkloadWaypoint(st State, pod *corev1.Pod) (Waypoint, bool) {
 	if !ambient.IsCaptured(pod, nsLabels) {
 		return Waypoint{}, false
 	}
-	wp, set := waypointFromLabels(pod.Labels, pod.Namespace)
-	if !set {
-		wp, set = waypointFromLabels(nsLabels, pod.Namespace)
-	}
-	if !set || wp.Name == "" {
-		return Waypoint{}, false
-	}
-	gw := st.Gateway(wp.Namespace, wp.Name)
-	if !isWaypointGateway(gw) {
-		return Waypoint{}, false
-	}
-	switch gw.Labels[LabelWaypointFor] {
-	case "workload", "all":
-		return wp, true
-	}
-	return Waypoint{}, false
+	return labelledWaypoint(st, pod.Labels, nsLabels, pod.Namespace, "workload", "all")
 }
 
 // ServedWorkloads returns the pods waypoint wp takes workload traffic for,

@@ -46,14 +46,10 @@ func (r *Router) Route(_ *proxy.Pod, dst netip.AddrPort) (proxy.Route, error) {
 		if !ok {
 			return proxy.Route{}, fmt.Errorf("service %s: endpoint %s has no address", key, t.Workload.GetUid())
 		}
+		// A Service without a waypoint goes straight to the endpoint, even
+		// one with a workload waypoint: that waypoint takes traffic
+		// addressed to the pod itself (as Istio's ztunnel does).
 		target := netip.AddrPortFrom(ip, t.Port)
-		if wp := r.workloadWaypoint(t.Workload); wp != nil {
-			// The chosen endpoint's own waypoint, addressed to the
-			// endpoint (as Istio does when the Service has none).
-			rt, err := r.viaWaypoint(wp, target, "workload "+t.Workload.GetUid())
-			rt.Service, rt.DestinationWorkload, rt.DestinationNS = key, t.Workload.GetWorkloadName(), t.Workload.GetNamespace()
-			return rt, err
-		}
 		uid := t.Workload.GetUid()
 		r.Balancer.Acquire(uid)
 		rt, err := r.toWorkload(t.Workload, target)
@@ -92,7 +88,7 @@ func (r *Router) toWorkload(w *workloadv1.Workload, target netip.AddrPort) (prox
 	return rt, nil
 }
 
-// workloadWaypoint is the waypoint of traffic addressed to w: istiod-lite
+// workloadWaypoint is the waypoint of traffic addressed to w's own address: istiod-lite
 // sets it only on captured workloads whose waypoint takes workload
 // traffic.
 func (r *Router) workloadWaypoint(w *workloadv1.Workload) *workloadv1.GatewayAddress {

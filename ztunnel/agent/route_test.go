@@ -149,8 +149,8 @@ func TestRouteViaWaypoint(t *testing.T) {
 }
 
 // A workload with a waypoint (one that takes workload traffic) is reached
-// through it, addressed by the workload's own ip:port: directly, and as the
-// chosen endpoint of a Service without a waypoint of its own.
+// through it when addressed by its own ip:port; through a Service without a
+// waypoint of its own it is reached directly (as Istio's ztunnel does).
 func TestRouteViaWorkloadWaypoint(t *testing.T) {
 	r, st := newRouter(t)
 	wpHost := "waypoint.apps.svc.cluster.local"
@@ -176,19 +176,27 @@ func TestRouteViaWorkloadWaypoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	wpID, _ := identity.New("cluster.local", "apps", "waypoint")
-	for _, dst := range []string{"10.244.1.5:8080", "10.96.0.50:80"} {
-		rt, err := r.Route(nil, netip.MustParseAddrPort(dst))
-		if err != nil {
-			t.Fatalf("%s: %v", dst, err)
-		}
-		if !rt.HBONE || !rt.Waypoint || rt.Proxy != netip.MustParseAddrPort("10.244.1.30:15008") ||
-			rt.Target != netip.MustParseAddrPort("10.244.1.5:8080") || rt.Identity != wpID || rt.DestinationWorkload != "web" {
-			t.Errorf("%s: route %+v, want HBONE to the waypoint for 10.244.1.5:8080", dst, rt)
-		}
-		if rt.Done != nil {
-			rt.Done()
-		}
+	rt, err := r.Route(nil, netip.MustParseAddrPort("10.244.1.5:8080"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	if !rt.HBONE || !rt.Waypoint || rt.Proxy != netip.MustParseAddrPort("10.244.1.30:15008") ||
+		rt.Target != netip.MustParseAddrPort("10.244.1.5:8080") || rt.Identity != wpID || rt.DestinationWorkload != "web" {
+		t.Errorf("pod IP: route %+v, want HBONE to the waypoint for 10.244.1.5:8080", rt)
+	}
+	if rt.Done != nil {
+		rt.Done()
+	}
+	webID, _ := identity.New("cluster.local", "apps", "web")
+	rt, err = r.Route(nil, netip.MustParseAddrPort("10.96.0.50:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rt.HBONE || rt.Waypoint || rt.Proxy != netip.MustParseAddrPort("10.244.1.5:15008") ||
+		rt.Target != netip.MustParseAddrPort("10.244.1.5:8080") || rt.Identity != webID {
+		t.Errorf("Service without a waypoint: route %+v, want HBONE straight to 10.244.1.5:8080", rt)
+	}
+	rt.Done()
 	if rt, err := r.Route(nil, netip.MustParseAddrPort("10.244.2.9:80")); err != nil || rt.HBONE || rt.Waypoint {
 		t.Errorf("uncaptured workload: %+v, %v", rt, err)
 	}

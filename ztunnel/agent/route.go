@@ -46,13 +46,11 @@ func (r *Router) Route(_ *proxy.Pod, dst netip.AddrPort) (proxy.Route, error) {
 		if !ok {
 			return proxy.Route{}, fmt.Errorf("service %s: endpoint %s has no address", key, t.Workload.GetUid())
 		}
-		// A Service without a waypoint goes straight to the endpoint, even
-		// one with a workload waypoint: that waypoint takes traffic
-		// addressed to the pod itself (as Istio's ztunnel does).
-		target := netip.AddrPortFrom(ip, t.Port)
+		// Straight to the endpoint, even one with a workload waypoint: that
+		// takes traffic addressed to the pod itself (as Istio's ztunnel).
 		uid := t.Workload.GetUid()
 		r.Balancer.Acquire(uid)
-		rt, err := r.toWorkload(t.Workload, target)
+		rt, err := r.toWorkload(t.Workload, netip.AddrPortFrom(ip, t.Port))
 		if err != nil {
 			r.Balancer.Release(uid)
 			return proxy.Route{}, err
@@ -88,9 +86,9 @@ func (r *Router) toWorkload(w *workloadv1.Workload, target netip.AddrPort) (prox
 	return rt, nil
 }
 
-// workloadWaypoint is the waypoint of traffic addressed to w's own address: istiod-lite
-// sets it only on captured workloads whose waypoint takes workload
-// traffic.
+// workloadWaypoint is the waypoint of traffic addressed to w's own
+// address: istiod-lite sets it only on captured workloads whose waypoint
+// takes workload traffic.
 func (r *Router) workloadWaypoint(w *workloadv1.Workload) *workloadv1.GatewayAddress {
 	if w.GetTunnelProtocol() != workloadv1.TunnelProtocol_HBONE {
 		return nil

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -15,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ambit-mesh/ambit/pkg/identity"
+	"github.com/ambit-mesh/ambit/pkg/pemutil"
 )
 
 // ALPN is the application protocol HBONE negotiates.
@@ -41,6 +43,20 @@ func (s StaticCert) TLSCertificate() (*tls.Certificate, error) {
 // run time (root rotation) without rebuilding TLS configurations.
 type Bundle struct {
 	set atomic.Pointer[x509bundle.Set]
+}
+
+// LoadRoots reads the mesh root certificate(s), PEM, from path; a file
+// without a certificate is an error.
+func LoadRoots(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("mesh root: %w", err)
+	}
+	roots, err := pemutil.ParseCertificates(data)
+	if err != nil || len(roots) == 0 {
+		return nil, fmt.Errorf("mesh root %s: no certificate (%v)", path, err)
+	}
+	return roots, nil
 }
 
 // NewBundle returns a bundle trusting roots for trustDomain.

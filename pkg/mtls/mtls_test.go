@@ -10,6 +10,8 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -508,5 +510,26 @@ func TestPeerIdentityAndStaticCert(t *testing.T) {
 	}
 	if _, err := (mtls.StaticCert{}).TLSCertificate(); err == nil {
 		t.Fatal("empty StaticCert returned a certificate")
+	}
+}
+
+func TestLoadRoots(t *testing.T) {
+	authority := newCA(t, ca.Options{})
+	dir := t.TempDir()
+	good, empty := filepath.Join(dir, "root.pem"), filepath.Join(dir, "empty.pem")
+	if err := os.WriteFile(good, authority.RootsPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(empty, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	roots, err := mtls.LoadRoots(good)
+	if err != nil || len(roots) != 1 || !roots[0].Equal(authority.Roots()[0]) {
+		t.Fatalf("LoadRoots(good) = %d roots, %v", len(roots), err)
+	}
+	for _, p := range []string{empty, filepath.Join(dir, "missing.pem")} {
+		if _, err := mtls.LoadRoots(p); err == nil {
+			t.Errorf("LoadRoots(%s) succeeded", filepath.Base(p))
+		}
 	}
 }

@@ -6,30 +6,24 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/ambit-mesh/ambit/pkg/caclient"
+	"github.com/ambit-mesh/ambit/pkg/controlplane"
 	"github.com/ambit-mesh/ambit/pkg/hbone"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/metrics"
 	"github.com/ambit-mesh/ambit/pkg/mtls"
-	"github.com/ambit-mesh/ambit/pkg/pemutil"
 	"github.com/ambit-mesh/ambit/pkg/workloadcert"
 	"github.com/ambit-mesh/ambit/pkg/xdsclient"
 	"github.com/ambit-mesh/ambit/waypoint/config"
@@ -113,18 +107,6 @@ func (c *Config) defaults() error {
 	return nil
 }
 
-// tokenCreds sends the token file's current content with every RPC.
-type tokenCreds string
-
-func (f tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	b, err := os.ReadFile(string(f))
-	if err != nil {
-		return nil, fmt.Errorf("read token: %w", err)
-	}
-	return map[string]string{"authorization": "Bearer " + strings.TrimSpace(string(b))}, nil
-}
-func (tokenCreds) RequireTransportSecurity() bool { return true }
-
 // Run serves until ctx ends, then drains.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.defaults(); err != nil {
@@ -135,13 +117,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("waypoint: identity: %w", err)
 	}
-	rootPEM, err := os.ReadFile(cfg.RootCertFile)
+	roots, err := mtls.LoadRoots(cfg.RootCertFile)
 	if err != nil {
-		return fmt.Errorf("waypoint: mesh root: %w", err)
-	}
-	roots, err := pemutil.ParseCertificates(rootPEM)
-	if err != nil || len(roots) == 0 {
-		return fmt.Errorf("waypoint: mesh root %s: no certificate (%v)", cfg.RootCertFile, err)
+		return fmt.Errorf("waypoint: %w", err)
 	}
 	bundle, err := mtls.NewBundle(cfg.TrustDomain, roots)
 	if err != nil {
@@ -149,9 +127,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	conn := cfg.Conn
 	if conn == nil {
-		cc, err := dialControlPlane(cfg, roots)
+		cc, err := controlplane.Dial(cfg.XDSAddress, cfg.XDSServerName, roots, cfg.TokenFile)
 		if err != nil {
-			return err
+			return fmt.Errorf("waypoint: %w", err)
 		}
 		defer cc.Close()
 		conn = cc
@@ -304,28 +282,4 @@ func Run(ctx context.Context, cfg Config) error {
 	dwg.Wait()
 	hs.Close()
 	return nil
-}
-
-func dialControlPlane(cfg Config, roots []*x509.Certificate) (*grpc.ClientConn, error) {
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
-	serverName := cfg.XDSServerName
-	if serverName == "" {
-		host, _, err := net.SplitHostPort(cfg.XDSAddress)
-		if err != nil {
-			host = cfg.XDSAddress
-		}
-		serverName = host
-	}
-	cc, err := grpc.NewClient(cfg.XDSAddress,
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12})),
-		grpc.WithPerRPCCredentials(tokenCreds(cfg.TokenFile)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
-	if err != nil {
-		return nil, fmt.Errorf("waypoint: control plane connection: %w", err)
-	}
-	return cc, nil
 }

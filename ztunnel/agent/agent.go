@@ -6,29 +6,23 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"os"
 	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/ambit-mesh/ambit/pkg/caclient"
+	"github.com/ambit-mesh/ambit/pkg/controlplane"
 	"github.com/ambit-mesh/ambit/pkg/identity"
 	"github.com/ambit-mesh/ambit/pkg/metrics"
 	"github.com/ambit-mesh/ambit/pkg/mtls"
-	"github.com/ambit-mesh/ambit/pkg/pemutil"
 	"github.com/ambit-mesh/ambit/pkg/xdsclient"
 	"github.com/ambit-mesh/ambit/ztunnel/capture"
 	"github.com/ambit-mesh/ambit/ztunnel/certs"
@@ -116,58 +110,23 @@ func (c *Config) defaults() error {
 	return nil
 }
 
-// tokenCreds sends the token file's current content with every RPC.
-type tokenCreds string
-
-func (f tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	b, err := os.ReadFile(string(f))
-	if err != nil {
-		return nil, fmt.Errorf("read token: %w", err)
-	}
-	return map[string]string{"authorization": "Bearer " + string(trimSpace(b))}, nil
-}
-func (tokenCreds) RequireTransportSecurity() bool { return true }
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ' || b[len(b)-1] == '\r') {
-		b = b[:len(b)-1]
-	}
-	return b
-}
-
 // Run serves until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.defaults(); err != nil {
 		return err
 	}
 	log := cfg.Log
-	rootPEM, err := os.ReadFile(cfg.RootCertFile)
+	roots, err := mtls.LoadRoots(cfg.RootCertFile)
 	if err != nil {
-		return fmt.Errorf("ztunnel: mesh root: %w", err)
-	}
-	roots, err := pemutil.ParseCertificates(rootPEM)
-	if err != nil || len(roots) == 0 {
-		return fmt.Errorf("ztunnel: mesh root %s: no certificate (%v)", cfg.RootCertFile, err)
+		return fmt.Errorf("ztunnel: %w", err)
 	}
 	bundle, err := mtls.NewBundle(cfg.TrustDomain, roots)
 	if err != nil {
 		return fmt.Errorf("ztunnel: trust bundle: %w", err)
 	}
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
-	serverName := cfg.ControlPlaneName
-	if serverName == "" {
-		serverName = hostOf(cfg.ControlPlane)
-	}
-	conn, err := grpc.NewClient(cfg.ControlPlane,
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12})),
-		grpc.WithPerRPCCredentials(tokenCreds(cfg.TokenFile)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+	conn, err := controlplane.Dial(cfg.ControlPlane, cfg.ControlPlaneName, roots, cfg.TokenFile)
 	if err != nil {
-		return fmt.Errorf("ztunnel: control plane connection: %w", err)
+		return fmt.Errorf("ztunnel: %w", err)
 	}
 	defer conn.Close()
 	kube, err := kubernetes.NewForConfig(cfg.Kube)
@@ -313,15 +272,6 @@ func Run(ctx context.Context, cfg Config) error {
 	dcancel()
 	wg.Wait()
 	return runErr
-}
-
-func hostOf(addr string) string {
-	for i := len(addr) - 1; i >= 0; i-- {
-		if addr[i] == ':' {
-			return addr[:i]
-		}
-	}
-	return addr
 }
 
 // servedPods are the enrolled pods the proxy serves: enrollment hands over

@@ -518,25 +518,35 @@ func checkPrincipal(v string) error {
 	return nil
 }
 
+// ParseIPBlock parses an AuthorizationPolicy IP block: an address (a host
+// prefix) or a CIDR, without a zone. The prefix is not masked.
+func ParseIPBlock(v string) (netip.Prefix, error) {
+	var pfx netip.Prefix
+	var err error
+	if strings.Contains(v, "/") {
+		pfx, err = netip.ParsePrefix(v)
+	} else {
+		var a netip.Addr
+		if a, err = netip.ParseAddr(v); err == nil {
+			pfx = netip.PrefixFrom(a, a.BitLen())
+		}
+	}
+	if err == nil && pfx.Addr().Zone() != "" {
+		err = errors.New("zones are not allowed")
+	}
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("bad IP block %q: %w", v, err)
+	}
+	return pfx, nil
+}
+
 // ipBlocks parses addresses and CIDRs.
 func ipBlocks(p string, values []string) ([]*workloadv1.IPBlock, error) {
 	var out []*workloadv1.IPBlock
 	for i, v := range values {
-		var pfx netip.Prefix
-		var err error
-		if strings.Contains(v, "/") {
-			pfx, err = netip.ParsePrefix(v)
-		} else {
-			var a netip.Addr
-			if a, err = netip.ParseAddr(v); err == nil {
-				pfx = netip.PrefixFrom(a, a.BitLen())
-			}
-		}
-		if err == nil && pfx.Addr().Zone() != "" {
-			err = errors.New("zones are not allowed")
-		}
+		pfx, err := ParseIPBlock(v)
 		if err != nil {
-			return nil, fmt.Errorf("%s[%d]: bad IP block %q: %w", p, i, v, err)
+			return nil, fmt.Errorf("%s[%d]: %w", p, i, err)
 		}
 		pfx = pfx.Masked()
 		out = append(out, &workloadv1.IPBlock{Address: pfx.Addr().AsSlice(), Length: uint32(pfx.Bits())})

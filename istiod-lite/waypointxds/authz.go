@@ -585,21 +585,9 @@ func (t *ruleTranslator) serviceAccount(field, v string) *rbacv3.Principal {
 }
 
 func parseCIDR(v string) (*corev3.CidrRange, error) {
-	var pfx netip.Prefix
-	var err error
-	if strings.Contains(v, "/") {
-		pfx, err = netip.ParsePrefix(v)
-	} else {
-		var a netip.Addr
-		if a, err = netip.ParseAddr(v); err == nil {
-			pfx = netip.PrefixFrom(a, a.BitLen())
-		}
-	}
-	if err == nil && pfx.Addr().Zone() != "" {
-		err = fmt.Errorf("zones are not allowed")
-	}
+	pfx, err := ambient.ParseIPBlock(v)
 	if err != nil {
-		return nil, fmt.Errorf("bad IP block %q: %w", v, err)
+		return nil, err
 	}
 	if pfx.Addr().Is4In6() && pfx.Bits() >= 96 {
 		pfx = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()-96)

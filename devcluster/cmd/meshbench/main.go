@@ -296,14 +296,23 @@ func run(ctx context.Context, c config) error {
 	rep.Load1After = loadavg()
 	rep.End = time.Now()
 
-	if c.raw != "" {
-		data, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(c.raw, data, 0o644); err != nil {
-			return err
-		}
+	if err := c.writeRaw(rep); err != nil {
+		return err
 	}
 	rep.print(os.Stdout, zt)
 	return nil
+}
+
+// writeRaw writes every measurement as JSON to -raw, when set.
+func (c *config) writeRaw(rep any) error {
+	if c.raw == "" {
+		return nil
+	}
+	data, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return fmt.Errorf("raw report: %w", err)
+	}
+	return os.WriteFile(c.raw, data, 0o644)
 }
 
 func (c *config) pickNodes(ctx context.Context) error {

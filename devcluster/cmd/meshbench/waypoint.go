@@ -17,7 +17,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -218,11 +217,8 @@ func runWaypoint(ctx context.Context, c config) error {
 	rep.WaypointAfter = c.waypointMemory()
 	rep.Load1After = loadavg()
 	rep.End = time.Now()
-	if c.raw != "" {
-		data, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(c.raw, data, 0o644); err != nil {
-			return err
-		}
+	if err := c.writeRaw(rep); err != nil {
+		return err
 	}
 	rep.print(os.Stdout, zt)
 	return nil
